@@ -1,0 +1,35 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+# Each creates/updates .venv idempotently and installs the default models (cached once).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.hlm-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test venv models bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or: make PYTHON=python3)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	@touch $(STAMP)
+
+models: $(STAMP)
+	$(PY) -m hlm_engine.models install
+
+demo: models
+	$(PY) -m hlm_engine.demo $(DEMO_ARGS)
+
+test: models
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench: models
+	$(PY) -m pytest bench --benchmark-only -q -s $(BENCH_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,193 @@
+"""`Encoder`: a model folder -> embeddings. The public entry point of the runtime.
+
+    enc = Encoder.from_pretrained("minilm" | "mpnet" | path, backend="auto", dtype=None)
+    emb = enc.encode(texts, batch_size=64, normalize=True, dim=None, prompt=None)   # np.float32 [n, d]
+
+Texts are tokenized in one Rust batch call, sorted by length (so packed batches hold similar lengths
+and the order of work is deterministic), packed without padding, and run through our own model code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hlm_engine import ops
+from hlm_engine.config import EncoderConfig, load_folder_config, to_hf_config
+from hlm_engine.io import atomic_dir
+from hlm_engine.modeling import build_model
+from hlm_engine.modeling.packing import PackedBatch, pack
+from hlm_engine.models import resolve
+from hlm_engine.tokenizer import TextTokenizer
+from hlm_engine.weights import hf_to_ours, ours_to_hf, read_weight_files
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def qwen3_query_prompt(task: str) -> str:
+    """Qwen3-Embedding's query format: `Instruct: {task}\\nQuery:{text}` (documents get no prompt)."""
+    return f"Instruct: {task}\nQuery:"
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 on GPU: Qwen3 activations overflow fp16. fp32 on CPU (no fast half GEMMs there).
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class Encoder:
+    def __init__(self, config: EncoderConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
+                 folder: str | None = None, device=None, dtype=None):
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.folder = folder
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype or default_dtype(self.device)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, backend: str | None = "auto", dtype=None, device=None,
+                        truncation: str = "truncate", max_length: int | None = None) -> "Encoder":
+        folder = resolve(name_or_path)
+        cfg = load_folder_config(folder)
+        if max_length is not None:
+            if max_length < 2:
+                raise ValueError(f"max_length must be >= 2, got {max_length}")
+            cfg.max_length = max_length
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        dtype = dtype or default_dtype(device)
+        be = ops.resolve_backend(backend, device)
+        sd, where = read_weight_files(folder)
+        ours = hf_to_ours(cfg, sd, where, folder)
+        with torch.device("meta"):
+            model = build_model(cfg, be)
+        expected = model.state_dict()
+        for k, v in ours.items():
+            if k in expected and tuple(expected[k].shape) != tuple(v.shape):
+                raise ValueError(f"{folder}: tensor {k} has shape {tuple(v.shape)}, config expects "
+                                 f"{tuple(expected[k].shape)} (from {where})")
+        missing = set(expected) - set(ours)
+        if missing:
+            raise KeyError(f"{folder}: weights missing for {sorted(missing)[:5]} (from {where})")
+        model.load_state_dict({k: ours[k] for k in expected}, assign=True)
+        model = model.to(device=device, dtype=dtype).eval()
+        tok = TextTokenizer(os.path.join(folder, "tokenizer.json"), cfg.max_length, cfg.append_eos_token_id,
+                            truncation)
+        return cls(cfg, model, tok, folder, device, dtype)
+
+    @classmethod
+    def from_config(cls, cfg: EncoderConfig, tokenizer_path: str, backend: str | None = "torch", dtype=None,
+                    device=None, seed: int = 0) -> "Encoder":
+        """A randomly initialised model of any shape with a real tokenizer (tests, architecture studies)."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        be = ops.resolve_backend(backend, device)
+        torch.manual_seed(seed)
+        model = build_model(cfg, be)
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                torch.nn.init.ones_(p)
+            elif p.dim() >= 2:
+                torch.nn.init.normal_(p, std=0.02)
+            else:
+                torch.nn.init.zeros_(p)
+        model = model.to(device=device, dtype=dtype or default_dtype(device)).eval()
+        tok = TextTokenizer(tokenizer_path, cfg.max_length, cfg.append_eos_token_id)
+        return cls(cfg, model, tok, None, device, dtype)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    # ------------------------------------------------------------------ forward
+    def embed_batch(self, batch: PackedBatch, normalize: bool = True, dim: int | None = None) -> torch.Tensor:
+        """Packed batch -> pooled embeddings [B, d] (differentiable on the torch backend)."""
+        self._check_dim(dim)
+        hidden = self.model(batch)
+        proj = getattr(self.model, "proj", None)
+        if proj is None:
+            return ops.pool(hidden, batch.cu_seqlens, self.config.pooling, dim, normalize, backend=self.backend)
+        pooled = ops.pool(hidden, batch.cu_seqlens, self.config.pooling, None, False, backend=self.backend)
+        out = F.linear(pooled, proj.weight, proj.bias)  # folded student->teacher projection
+        out = out[:, :dim] if dim is not None else out
+        return F.normalize(out.float(), dim=-1).to(out.dtype) if normalize else out
+
+    def embed_ids(self, ids_list: list[list[int]], normalize: bool = True, dim: int | None = None) -> np.ndarray:
+        """Token id lists (one packed batch, as the scheduler forms them) -> np.float32 [B, d]."""
+        with torch.inference_mode():
+            out = self.embed_batch(pack(ids_list, self.device), normalize, dim)
+        return out.float().cpu().numpy()
+
+    def tokenize(self, texts, prompt: str | None = None) -> list[list[int]]:
+        return self.tokenizer.encode(texts, prompt)
+
+    def encode(self, texts, batch_size: int = 64, normalize: bool = True, dim: int | None = None,
+               prompt: str | None = None, show_progress: bool = False) -> np.ndarray:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._check_dim(dim)
+        ids = self.tokenize(texts, prompt)
+        n = len(ids)
+        out = np.empty((n, dim or self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        order = sorted(range(n), key=lambda i: -len(ids[i]))
+        starts = range(0, n, batch_size)
+        if show_progress:
+            from tqdm import tqdm
+            starts = tqdm(starts, total=(n + batch_size - 1) // batch_size, desc="encode", unit="batch")
+        for s in starts:
+            idx = order[s: s + batch_size]
+            out[idx] = self.embed_ids([ids[i] for i in idx], normalize, dim)
+        return out
+
+    def _check_dim(self, dim):
+        if dim is not None and not (isinstance(dim, int) and 1 <= dim <= self.dim):
+            raise ValueError(f"dim must be an int in [1, {self.dim}] (Matryoshka truncation), got {dim!r}")
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, path: str) -> None:
+        """Atomically write a model folder (HF tensor names + our config + tokenizer files)."""
+        from safetensors.torch import save_file
+        cfg = self.config
+        with atomic_dir(path) as tmp:
+            sd = {k: v.float() if v.dtype != torch.float32 else v for k, v in self.model.state_dict().items()}
+            save_file(ours_to_hf(cfg, sd), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+            cfg.save(os.path.join(tmp, "hlm_config.json"))
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(to_hf_config(cfg), f, indent=2)
+            src = os.path.dirname(self.tokenizer.path)
+            for name in _TOKENIZER_FILES:
+                if os.path.exists(os.path.join(src, name)):
+                    shutil.copy(os.path.join(src, name), os.path.join(tmp, name))
+            if not cfg.output_dim:  # sentence-transformers can load it too when there is no projection
+                _write_st_files(tmp, cfg)
+
+
+def _write_st_files(folder: str, cfg: EncoderConfig) -> None:
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if cfg.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    with open(os.path.join(folder, "modules.json"), "w") as f:
+        json.dump(modules, f, indent=2)
+    os.makedirs(os.path.join(folder, "1_Pooling"))
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": cfg.hidden_size, "pooling_mode_cls_token": cfg.pooling == "cls",
+                   "pooling_mode_mean_tokens": cfg.pooling == "mean", "pooling_mode_max_tokens": False,
+                   "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_lasttoken": cfg.pooling == "last"},
+                  f, indent=2)
+    with open(os.path.join(folder, "sentence_bert_config.json"), "w") as f:
+        json.dump({"max_seq_length": cfg.max_length, "do_lower_case": False}, f)

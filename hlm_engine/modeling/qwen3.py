@@ -1,0 +1,77 @@
+"""Qwen3 (and Qwen2, by config flags) decoder used as an embedding model, Qwen3-Embedding style.
+
+Pre-RMSNorm blocks with the residual add fused into the norms and the down projection:
+    h, r = add_rmsnorm(x, None);  q,k,v = h Wqkv^T (+b for Qwen2);  q,k = rope(rmsnorm_head(q), rmsnorm_head(k))
+    a = causal GQA attention;  h, r = add_rmsnorm(a Wo^T, r);  x = swiglu(h) Wd^T + r
+Final RMSNorm, then last-token (EOS) pooling.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hlm_engine import ops
+from hlm_engine.config import EncoderConfig
+
+from .packing import PackedBatch
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+
+
+class Qwen3Layer(nn.Module):
+    def __init__(self, cfg: EncoderConfig, intermediate: int):
+        super().__init__()
+        H, hd = cfg.hidden_size, cfg.head_dim
+        self.attn_norm = _RMSNorm(H)
+        self.qkv = nn.Linear(H, (cfg.num_heads + 2 * cfg.num_kv_heads) * hd, bias=cfg.attention_bias)
+        if cfg.qk_norm:
+            self.q_norm = _RMSNorm(hd)
+            self.k_norm = _RMSNorm(hd)
+        self.o = nn.Linear(cfg.num_heads * hd, H, bias=False)
+        self.ffn_norm = _RMSNorm(H)
+        self.gate_up = nn.Linear(H, 2 * intermediate, bias=False)
+        self.down = nn.Linear(intermediate, H, bias=False)
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+
+
+class Qwen3Encoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig, backend: str = "torch"):
+        super().__init__()
+        self.cfg = cfg
+        self.backend = backend
+        self.embed = _Embeddings(cfg)
+        self.layers = nn.ModuleList(Qwen3Layer(cfg, i) for i in cfg.intermediate_sizes)
+        self.norm = _RMSNorm(cfg.hidden_size)
+        if cfg.output_dim:
+            self.proj = nn.Linear(cfg.hidden_size, cfg.output_dim)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        cfg, be = self.cfg, self.backend
+        nq, nkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        x = self.embed.word(batch.input_ids)
+        T = x.shape[0]
+        for layer in self.layers:
+            h, r = ops.add_rmsnorm(x, None, layer.attn_norm.weight, cfg.norm_eps, backend=be)
+            qkv = F.linear(h, layer.qkv.weight, layer.qkv.bias)
+            q = qkv[:, : nq * hd].view(T, nq, hd)
+            k = qkv[:, nq * hd: (nq + nkv) * hd].view(T, nkv, hd)
+            v = qkv[:, (nq + nkv) * hd:].view(T, nkv, hd)
+            q, k = ops.qk_norm_rope(q, k, layer.q_norm.weight if cfg.qk_norm else None,
+                                    layer.k_norm.weight if cfg.qk_norm else None, batch.positions,
+                                    cfg.rope_theta, cfg.norm_eps, backend=be)
+            a = ops.varlen_attention(q, k, v.contiguous(), batch.cu_seqlens, batch.max_seqlen, causal=True,
+                                     scale=hd ** -0.5, backend=be)
+            a = F.linear(a.reshape(T, nq * hd), layer.o.weight)
+            h, r = ops.add_rmsnorm(a, r, layer.ffn_norm.weight, cfg.norm_eps, backend=be)
+            x = ops.swiglu_ffn(h, layer.gate_up.weight, layer.down.weight, residual=r, backend=be)
+        return ops.add_rmsnorm(x, None, self.norm.weight, cfg.norm_eps, backend=be)[0]
