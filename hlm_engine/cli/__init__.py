@@ -7,17 +7,18 @@ import logging
 import sys
 
 # Subcommand modules, in help order. A module registers one or more subcommands.
-COMMANDS = ["encode", "encode_corpus", "index", "search", "eval", "train", "prune", "study", "report", "serve"]
+COMMANDS = ["models", "encode", "encode_corpus", "index", "search", "eval", "train", "prune", "study", "report", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hlm", description="hlm-engine: asymmetric embedding retrieval")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
+        modname = "hlm_engine.models" if name == "models" else f"hlm_engine.cli.{name}"
         try:
-            mod = importlib.import_module(f"hlm_engine.cli.{name}")
+            mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
-            if e.name == f"hlm_engine.cli.{name}":
+            if e.name == modname:
                 continue  # subcommand not part of this build
             raise
         mod.register(sub)
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"hlm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -82,8 +82,11 @@ class PostNormEncoder(nn.Module):
                                            self.cfg.relative_attention_max_distance)
         return self.rel_bias(buckets).permute(2, 0, 1).contiguous()
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        """Packed token ids -> final hidden states [T, H]."""
+    def forward(self, batch: PackedBatch, skip_layers=(), tap=None) -> torch.Tensor:
+        """Packed token ids -> final hidden states [T, H].
+
+        `skip_layers`: layer indices to bypass (pruning studies). `tap(kind, i, tensor)` observes
+        kind in {"layer_in", "ffn_in", "layer_out"} of layer i (calibration statistics)."""
         cfg, be = self.cfg, self.backend
         e = self.embed
         x = e.word(batch.input_ids) + e.position(batch.positions + cfg.position_offset)
@@ -92,12 +95,20 @@ class PostNormEncoder(nn.Module):
         x = ops.add_layernorm(x, None, e.norm.weight, e.norm.bias, cfg.norm_eps, backend=be)[0]
         bias = self.attention_bias(batch.max_seqlen, x.device)
         T, H, nh, hd = x.shape[0], cfg.hidden_size, cfg.num_heads, cfg.head_dim
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if i in skip_layers:
+                continue
+            if tap is not None:
+                tap("layer_in", i, x)
             qkv = torch.nn.functional.linear(x, layer.qkv.weight, layer.qkv.bias).view(T, 3, nh, hd)
             a = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], batch.cu_seqlens, batch.max_seqlen,
                                      causal=False, scale=hd ** -0.5, bias=bias, backend=be)
             a = torch.nn.functional.linear(a.reshape(T, H), layer.o.weight, layer.o.bias)
             x = ops.add_layernorm(a, x, layer.attn_norm.weight, layer.attn_norm.bias, cfg.norm_eps, backend=be)[0]
+            if tap is not None:
+                tap("ffn_in", i, x)
             f = ops.gelu_ffn(x, layer.up.weight, layer.up.bias, layer.down.weight, layer.down.bias, backend=be)
             x = ops.add_layernorm(f, x, layer.ffn_norm.weight, layer.ffn_norm.bias, cfg.norm_eps, backend=be)[0]
+            if tap is not None:
+                tap("layer_out", i, x)
         return x

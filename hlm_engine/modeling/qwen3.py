@@ -55,12 +55,18 @@ class Qwen3Encoder(nn.Module):
         if cfg.output_dim:
             self.proj = nn.Linear(cfg.hidden_size, cfg.output_dim)
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
+    def forward(self, batch: PackedBatch, skip_layers=(), tap=None) -> torch.Tensor:
+        """Packed token ids -> final-normed hidden states [T, H]. `skip_layers` / `tap` as in bert.py
+        (here "layer_in"/"layer_out" observe the residual stream, "ffn_in" the normed FFN input)."""
         cfg, be = self.cfg, self.backend
         nq, nkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         x = self.embed.word(batch.input_ids)
         T = x.shape[0]
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if i in skip_layers:
+                continue
+            if tap is not None:
+                tap("layer_in", i, x)
             h, r = ops.add_rmsnorm(x, None, layer.attn_norm.weight, cfg.norm_eps, backend=be)
             qkv = F.linear(h, layer.qkv.weight, layer.qkv.bias)
             q = qkv[:, : nq * hd].view(T, nq, hd)
@@ -73,5 +79,9 @@ class Qwen3Encoder(nn.Module):
                                      scale=hd ** -0.5, backend=be)
             a = F.linear(a.reshape(T, nq * hd), layer.o.weight)
             h, r = ops.add_rmsnorm(a, r, layer.ffn_norm.weight, cfg.norm_eps, backend=be)
+            if tap is not None:
+                tap("ffn_in", i, h)
             x = ops.swiglu_ffn(h, layer.gate_up.weight, layer.down.weight, residual=r, backend=be)
+            if tap is not None:
+                tap("layer_out", i, x)
         return ops.add_rmsnorm(x, None, self.norm.weight, cfg.norm_eps, backend=be)[0]
