@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._common import check_dtype, check_tensors
 
 
 def seq_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,3 +69,129 @@ def varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=No
         mask = allowed
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2)[seq_id, pos].to(dtype)
+
+
+# --------------------------------------------------------------------------------------------- Triton
+# FlashAttention-2 forward (Dao 2023, arXiv:2307.08691) on packed sequences: one program per
+# (query block, q head, sequence). The program streams the sequence's keys in BLOCK_N tiles and keeps the
+# online-softmax state (running max m, running sum l, unnormalised output acc) in fp32 registers, so the
+# [L, L] score matrix never touches HBM. Scores are kept in base 2 (s * log2(e)) so exp is a single exp2.
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _varlen_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, bias_ptr, cu_ptr, qk_scale,
+                                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                                 stride_ot, stride_oh, stride_bh, stride_bi, stride_bj, D,
+                                 GROUP: tl.constexpr, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                                 DOT_PRECISION: tl.constexpr):
+    start_m = tl.program_id(0)
+    head = tl.program_id(1)
+    seq = tl.program_id(2)
+    seq_start = tl.load(cu_ptr + seq).to(tl.int64)
+    seq_len = (tl.load(cu_ptr + seq + 1) - tl.load(cu_ptr + seq)).to(tl.int32)
+    if start_m * BLOCK_M >= seq_len:  # the grid is sized for max_seqlen; shorter sequences stop here
+        return
+    kv_head = head // GROUP  # GQA/MQA: GROUP consecutive q heads share one kv head
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < seq_len
+    mask_d = offs_d < D  # head_dim padded to a power of two
+    rows = seq_start + offs_m.to(tl.int64)
+    q = tl.load(q_ptr + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Causal: keys past this block's last query are never needed.
+    hi = tl.minimum(seq_len, (start_m + 1) * BLOCK_M) if CAUSAL else seq_len
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        mask_n = offs_n < seq_len
+        cols = seq_start + offs_n.to(tl.int64)
+        k = tl.load(k_ptr + cols[None, :] * stride_kt + kv_head * stride_kh + offs_d[:, None],
+                    mask=mask_n[None, :] & mask_d[:, None], other=0.0)                    # [BLOCK_D, BLOCK_N]
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale                       # log2-scaled scores
+        if HAS_BIAS:
+            b = tl.load(bias_ptr + head * stride_bh + offs_m[:, None].to(tl.int64) * stride_bi
+                        + offs_n[None, :] * stride_bj, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+            s += b.to(tl.float32) * 1.4426950408889634
+        valid = mask_n[None, :]
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(valid, s, float("-inf"))
+        # Key 0 is valid for every row (causal or not), so m_new is finite from the first tile on and
+        # exp2(m_i - m_new) never sees (-inf) - (-inf).
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + cols[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)                    # [BLOCK_N, BLOCK_D]
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(out_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def _blocks(max_seqlen: int, head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): tiles no larger than the longest sequence (query
+    lengths 8-32 are the serving case), capped where the [BLOCK_M, D] accumulator still fits registers."""
+    cap_m = 128 if head_dim <= 64 else 64
+    block_m = min(cap_m, max(16, triton.next_power_of_2(max_seqlen)))
+    block_n = min(64, max(16, triton.next_power_of_2(max_seqlen)))
+    num_warps = 4 if block_m >= 64 else (2 if block_m >= 32 else 1)
+    return block_m, block_n, num_warps, 2
+
+
+def _grid(max_seqlen: int, block_m: int, num_heads: int, num_seqs: int):
+    return (triton.cdiv(max_seqlen, block_m), num_heads, num_seqs)
+
+
+def varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, bias=None):
+    """Triton launcher: q [T, Hq, D], k/v [T, Hkv, D] (unit stride on D), cu_seqlens [B+1] int32,
+    bias [Hq, >=max_seqlen, >=max_seqlen] or None -> out [T, Hq, D] contiguous."""
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"varlen_attention: q/k/v must be [T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    T, Hq, D = q.shape
+    if k.shape != v.shape or k.shape[0] != T or k.shape[2] != D:
+        raise ValueError(f"varlen_attention: k {tuple(k.shape)} and v {tuple(v.shape)} must both be [{T}, Hkv, {D}]")
+    Hkv = k.shape[1]
+    if Hq % Hkv:
+        raise ValueError(f"varlen_attention: {Hkv} kv heads must divide {Hq} q heads")
+    if not 16 <= D <= 256:
+        raise ValueError(f"varlen_attention: head_dim {D} outside the supported 16..256")
+    if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"varlen_attention: cu_seqlens must be a 1-D int32 tensor, got "
+                         f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
+    max_seqlen = int(max_seqlen)
+    if bias is not None and (bias.dim() != 3 or bias.shape[0] != Hq or bias.shape[1] < max_seqlen
+                             or bias.shape[2] < max_seqlen):
+        raise ValueError(f"varlen_attention: bias {tuple(bias.shape)} must be [{Hq}, >={max_seqlen}, >={max_seqlen}]")
+    check_tensors("varlen_attention", q=q, k=k, v=v, cu_seqlens=cu_seqlens, bias=bias)
+    check_dtype("varlen_attention", "q", q)
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"varlen_attention: q/k/v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = torch.empty((T, Hq, D), dtype=q.dtype, device=q.device)
+    B = cu_seqlens.numel() - 1
+    if T == 0 or B == 0:
+        return out
+    scale = D ** -0.5 if scale is None else float(scale)
+    block_m, block_n, num_warps, num_stages = _blocks(max_seqlen, D)
+    # fp32 inputs: full-precision dots (the default TF32 would cost ~3 decimal digits against the reference).
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    _varlen_attention_fwd_kernel[_grid(max_seqlen, block_m, Hq, B)](
+        q, k, v, out, bias if bias is not None else q, cu_seqlens.to(torch.int32).contiguous(), scale * LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        bias.stride(0) if bias is not None else 0, bias.stride(1) if bias is not None else 0,
+        bias.stride(2) if bias is not None else 0, D,
+        GROUP=Hq // Hkv, CAUSAL=bool(causal), HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_D=triton.next_power_of_2(D), DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages)
+    return out

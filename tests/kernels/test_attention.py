@@ -1,0 +1,68 @@
+"""Varlen flash attention against the padded-SDPA reference: lengths that break the block masks, causal
+and bidirectional, GQA/MQA head mapping, head_dim 32..128 (and a non-power-of-two), the MPNet bias."""
+import pytest
+import torch
+from kernel_checks import DTYPES, assert_within_torch_error, packed
+
+from hlm_engine.kernels.attention import varlen_attention, varlen_attention_ref
+
+MIXED = [1, 7, 33, 127]  # one token, and lengths that are not multiples of any block size
+# (lengths, Hq, Hkv, head_dim, causal, bias): GQA ratios 1/2/8, head_dim 32/64/128, both mask types.
+CASES = [
+    pytest.param([1], 2, 2, 64, True, False, id="one-token"),
+    pytest.param(MIXED, 2, 2, 32, False, False, id="mixed-mha-d32-bidir"),
+    pytest.param(MIXED, 4, 2, 64, True, False, id="mixed-gqa2-d64-causal"),
+    pytest.param([7, 33], 8, 1, 32, True, False, id="gqa8-d32-causal"),
+    pytest.param([1, 7, 33], 2, 1, 128, True, False, id="gqa2-d128-causal"),
+    pytest.param([7, 33], 2, 2, 128, False, True, id="d128-bias-bidir"),
+    pytest.param(MIXED, 2, 2, 64, False, True, id="mixed-bias-bidir"),
+    pytest.param([33, 7], 2, 1, 64, True, True, id="bias-causal"),
+    pytest.param([5, 9], 3, 3, 80, False, False, id="d80-padded"),
+]
+
+
+def _qkv(lens, Hq, Hkv, D, dtype, bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T, L = sum(lens), max(lens)
+    q, k, v = (torch.randn(T, h, D, generator=g).to(dtype) for h in (Hq, Hkv, Hkv))
+    b = torch.randn(Hq, L, L, generator=g).to(dtype) if bias else None
+    return q, k, v, b
+
+
+@pytest.mark.parametrize("lens,Hq,Hkv,D,causal,bias", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_varlen_attention(lens, Hq, Hkv, D, causal, bias, dtype):
+    q, k, v, b = _qkv(lens, Hq, Hkv, D, dtype, bias)
+    cu, _ = packed(lens)
+    L = max(lens)
+    out = varlen_attention(q, k, v, cu, L, causal, None, b)
+    out_t = varlen_attention_ref(q, k, v, cu, L, causal, None, b)
+    out64 = varlen_attention_ref(q.double(), k.double(), v.double(), cu, L, causal, None,
+                                 None if b is None else b.double())
+    assert_within_torch_error(out, out_t, out64, dtype, f"attention lens={lens} Hq={Hq} Hkv={Hkv} D={D}")
+
+
+def test_attention_reads_strided_qkv_views():
+    # BERT passes q/k/v as views of one fused [T, 3, H, D] projection (row stride 3*H*D).
+    lens = [7, 12]
+    cu, _ = packed(lens)
+    qkv = torch.randn(sum(lens), 3, 4, 32)
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    out = varlen_attention(q, k, v, cu, 12, False, 0.3, None)
+    torch.testing.assert_close(out, varlen_attention_ref(q, k, v, cu, 12, False, 0.3, None))
+
+
+def test_attention_bias_larger_than_max_seqlen():
+    # A bias table built for a longer max length is indexed by within-sequence positions, not resized.
+    lens = [3, 6]
+    cu, _ = packed(lens)
+    q, k, v, _ = _qkv(lens, 2, 2, 32, torch.float32, False)
+    bias = torch.randn(2, 16, 16)
+    out = varlen_attention(q, k, v, cu, 6, False, None, bias)
+    torch.testing.assert_close(out, varlen_attention_ref(q, k, v, cu, 6, False, None, bias[:, :6, :6]))
+
+
+def test_attention_rejects_bad_heads():
+    q, k, v, _ = _qkv([4], 3, 2, 32, torch.float32, False)
+    with pytest.raises(ValueError, match="kv heads must divide"):
+        varlen_attention(q, k, v, packed([4])[0], 4)
