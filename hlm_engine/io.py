@@ -10,6 +10,12 @@ import tempfile
 import numpy as np
 
 
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
     """Yield a temp path beside `path`; on success fsync + rename it over `path`, else remove it."""
@@ -21,6 +27,7 @@ def atomic_path(path: str):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -49,6 +56,7 @@ def atomic_dir(path: str):
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=parent)
