@@ -136,8 +136,10 @@ def from_hf_config(hf: dict, st_max_length: int | None = None, pooling: str | No
 
 
 def to_hf_config(cfg: EncoderConfig) -> dict:
-    """The HF `config.json` for a model with uniform FFN width (pruned shapes keep our config too)."""
-    inter = cfg.intermediate_sizes[0] if len(set(cfg.intermediate_sizes)) == 1 else max(cfg.intermediate_sizes)
+    """The HF `config.json` for a model with uniform FFN width (only such models are HF-loadable)."""
+    if len(set(cfg.intermediate_sizes)) != 1:
+        raise ValueError(f"per-layer FFN widths {cfg.intermediate_sizes} have no transformers config")
+    inter = cfg.intermediate_sizes[0]
     if cfg.arch == "bert":
         return dict(model_type="bert", architectures=["BertModel"], hidden_size=cfg.hidden_size,
                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,

@@ -168,13 +168,15 @@ class Encoder:
             sd = {k: v.float() if v.dtype != torch.float32 else v for k, v in self.model.state_dict().items()}
             save_file(ours_to_hf(cfg, sd), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
             cfg.save(os.path.join(tmp, "hlm_config.json"))
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump(to_hf_config(cfg), f, indent=2)
+            uniform = len(set(cfg.intermediate_sizes)) == 1
+            if uniform:  # a valid transformers folder too; per-layer widths live only in hlm_config.json
+                with open(os.path.join(tmp, "config.json"), "w") as f:
+                    json.dump(to_hf_config(cfg), f, indent=2)
             src = os.path.dirname(self.tokenizer.path)
             for name in _TOKENIZER_FILES:
                 if os.path.exists(os.path.join(src, name)):
                     shutil.copy(os.path.join(src, name), os.path.join(tmp, name))
-            if not cfg.output_dim:  # sentence-transformers can load it too when there is no projection
+            if uniform and not cfg.output_dim:  # sentence-transformers can load it too (no projection)
                 _write_st_files(tmp, cfg)
 
 

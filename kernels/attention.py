@@ -17,6 +17,9 @@ import triton.language as tl
 from ._common import check_dtype, check_tensors
 
 
+_MAX_MASK_ELEMS = 1 << 24  # 64 MB of fp32 mask per reference-attention call
+
+
 def seq_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sequence id, position within its sequence) of every packed token, both int64 [T]."""
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
@@ -57,6 +60,18 @@ def varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=No
         p[seq_id, pos] = t
         return p.transpose(1, 2)  # [B, H, L, D]
 
+    if bias is not None and B * Hq * L * L > _MAX_MASK_ELEMS and B > 1:
+        # A biased mask is materialised per sequence ([B, H, L, L]); bound its memory for long texts
+        # (MPNet at L=384 would need ~450 MB per layer at B=64) by running sub-batches.
+        step = max(1, _MAX_MASK_ELEMS // (Hq * L * L))
+        outs = []
+        for b0 in range(0, B, step):
+            b1 = min(B, b0 + step)
+            s0, s1 = int(cu_seqlens[b0]), int(cu_seqlens[b1])
+            sub_cu = cu_seqlens[b0: b1 + 1] - cu_seqlens[b0]
+            sub_L = int((sub_cu[1:] - sub_cu[:-1]).max())
+            outs.append(varlen_attention_ref(q[s0:s1], k[s0:s1], v[s0:s1], sub_cu, sub_L, causal, scale, bias))
+        return torch.cat(outs).to(dtype)
     qb, kb, vb = pad(q), pad(k), pad(v)
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     ar = torch.arange(L, device=q.device)
