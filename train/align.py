@@ -1,0 +1,144 @@
+"""Phase 2 — align the student's query embeddings to the frozen teacher's (the ℓ2 query-tower phase).
+
+Teacher targets f_T(q) for the unlabeled query log are encoded once into a resumable cache; the student
+regresses onto them with `alignment_loss`. A student narrower than the teacher gets a linear head
+(hidden → teacher width) folded into the model, initialised by least squares from the off-the-shelf
+student's pooled features to the targets (ridge, on up to 4,096 training queries) so alignment starts
+from the best linear map instead of noise. The saved student then emits teacher-space vectors and carries
+`hlm_alignment.json` naming the teacher (and its weight checksum) whose index it may query.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hlm_engine.data import load_query_log, read_tsv
+from hlm_engine.io import write_json
+from hlm_engine.modeling.packing import pack
+from hlm_engine.weights import weights_checksum
+
+from . import distributed as dist_utils
+from . import loop
+from .common import attach_projection, cache_dir, check_folder, load_encoder, resume_or
+from .embed import cached_encode
+from .losses import ALIGN_LOSSES, alignment_loss
+
+
+@dataclass
+class AlignConfig:
+    student: str = "minilm"
+    teacher: str = "mpnet"
+    data_dir: str | None = None
+    queries_file: str | None = None        # a .tsv with a `query` column; default: the data dir's query log
+    targets_dir: str | None = None         # teacher-target cache (default: out_dir/cache/teacher_targets)
+    out_dir: str = "runs/align"
+    max_queries: int | None = None         # None = the whole log
+    holdout: int = 512                     # log queries kept out of training (at most a fifth of the log)
+    max_length: int | None = 64
+    loss: str = "l2"
+    proj_init: str = "lstsq"               # lstsq | random
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup_steps: int = 25
+    weight_decay: float = 0.01
+    seed: int = 0
+    save_every: int = 100
+    resume: bool = False
+    stop_after: int | None = None
+    encode_batch_size: int = 128
+
+
+def load_queries(cfg: AlignConfig) -> tuple[list[str], int]:
+    """(de-duplicated non-empty log queries in seeded order, holdout size): at most max_queries for training
+    after the first `holdout` ones, which are kept aside to measure the distance to the teacher."""
+    raw = read_tsv(cfg.queries_file, ["query"])["query"] if cfg.queries_file else load_query_log(cfg.data_dir)
+    seen, qs = set(), []
+    for q in raw:
+        t = q.strip()
+        if t and t not in seen:
+            seen.add(t)
+            qs.append(t)
+    if len(qs) < 2:
+        raise ValueError(f"query log has {len(qs)} usable queries: nothing to align on")
+    holdout = max(1, min(cfg.holdout, len(qs) // 5))
+    order = np.random.default_rng([cfg.seed, 3]).permutation(len(qs))
+    n = len(qs) if cfg.max_queries is None else min(len(qs), cfg.max_queries + holdout)
+    return [qs[i] for i in order[:n]], holdout
+
+
+def write_alignment(folder: str, teacher: str, teacher_folder: str) -> None:
+    write_json(os.path.join(folder, "hlm_alignment.json"),
+               {"teacher": teacher, "teacher_checksum": weights_checksum(teacher_folder)})
+
+
+def pooled_features(enc, ids: list[list[int]], batch: int = 256) -> torch.Tensor:
+    """Unnormalised pooled student features [n, H] (before any projection)."""
+    with torch.inference_mode():
+        return torch.cat([enc.embed_batch(pack(ids[s: s + batch]), normalize=False)
+                          for s in range(0, len(ids), batch)]).float()
+
+
+def lstsq_head(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """argmin_W,b ‖xWᵀ + b − y‖² + ridge‖W‖²: x [n, H], y [n, D] -> (W [D, H], b [D])."""
+    xm, ym = x.mean(0), y.mean(0)
+    xc, yc = (x - xm).double(), (y - ym).double()
+    a = xc.T @ xc + ridge * len(x) * torch.eye(x.shape[1], dtype=torch.float64)
+    w = torch.linalg.solve(a, xc.T @ yc).T.float()
+    return w, ym - xm @ w.T
+
+
+def distance(enc, ids: list[list[int]], targets: np.ndarray, batch: int = 256) -> float:
+    """Mean ‖f_S(q) − f_T(q)‖² over the given queries (normalised vectors: 2 − 2·cos)."""
+    with torch.inference_mode():
+        s = torch.cat([enc.embed_batch(pack(ids[i: i + batch]), normalize=True) for i in range(0, len(ids), batch)])
+    return float((s.float() - torch.as_tensor(targets)).pow(2).sum(-1).mean())
+
+
+def train_align(cfg: AlignConfig) -> dict:
+    if cfg.loss not in ALIGN_LOSSES:
+        raise ValueError(f"unknown alignment loss {cfg.loss!r}; choose one of {', '.join(ALIGN_LOSSES)}")
+    if cfg.proj_init not in ("lstsq", "random"):
+        raise ValueError(f"proj_init must be 'lstsq' or 'random', got {cfg.proj_init!r}")
+    torch.manual_seed(cfg.seed)
+    dist_utils.setup()
+    queries, holdout = load_queries(cfg)
+    teacher_folder, t_dim = check_folder(cfg.teacher, "teacher")
+    start = resume_or(cfg.student, cfg.out_dir, cfg.resume)
+    enc = load_encoder(start, cfg.max_length, "student")
+    if enc.config.output_dim and enc.dim != t_dim:
+        attach_projection(enc, t_dim, "student")  # raises: the student's head has the wrong width
+    show = dist_utils.rank() == 0
+    targets = cached_encode(teacher_folder, queries, cfg.targets_dir or cache_dir(cfg.out_dir, "teacher_targets"),
+                            batch_size=cfg.encode_batch_size, show_progress=show)
+    if targets.shape[1] != t_dim:
+        raise ValueError(f"cached teacher targets are {targets.shape[1]}-d, the teacher is {t_dim}-d")
+    ids = enc.tokenize(queries)
+    held, train_ids = ids[:holdout], ids[holdout:]
+    held_t, train_t = targets[:holdout], targets[holdout:]
+
+    def init():
+        n = min(len(train_ids), 4096)
+        return lstsq_head(pooled_features(enc, train_ids[:n]), torch.as_tensor(train_t[:n]))
+    attach_projection(enc, t_dim, "student", init if cfg.proj_init == "lstsq" else None)
+    dist_before = distance(enc, held, held_t)
+    tower = dist_utils.wrap(enc)
+    tt = torch.as_tensor(train_t)
+
+    def step_loss(step: int, idx: np.ndarray) -> torch.Tensor:
+        local = idx[dist_utils.local_slice(len(idx))]
+        s = dist_utils.gather(tower(pack([train_ids[i] for i in local])))
+        return alignment_loss(s, tt[idx], cfg.loss)
+
+    def extra_files(folder: str) -> None:
+        write_alignment(folder, cfg.teacher, teacher_folder)
+
+    log = loop.train(cfg, enc, tower, len(train_ids), step_loss, "align", extra_files,
+                     {"queries": len(train_ids), "holdout": len(held), "distance_before": dist_before})
+    if dist_utils.rank() == 0:
+        log["distance_after"] = distance(enc, held, held_t)
+        write_json(os.path.join(cfg.out_dir, "run_log.json"), log)
+    return log

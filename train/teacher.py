@@ -1,0 +1,132 @@
+"""Phase 1 — fine-tune the teacher (document + query encoder, symmetric) with masked InfoNCE.
+
+Data: Home Depot train pairs (relevance >= threshold), K hard negatives per query mined from the
+off-the-shelf teacher's own exact index (ranks [mine_lo, mine_hi), judged products skipped). Each step
+encodes queries, positives and negatives in one packed forward (one DDP forward per step) and applies
+`infonce_loss` over the global batch. The teacher is measured on the dev split before and after.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hlm_engine.io import write_json
+from hlm_engine.modeling.packing import pack
+
+from . import distributed as dist_utils
+from . import loop
+from .common import cache_dir, choose_queries, corpus_rows, judged_ids, load_encoder, resume_or, subset_queries
+from .data import DEFAULT_THRESHOLD, build_pairs, contrastive_batch, load_split, restrict, text_keys
+from .embed import cached_encode, retrieval_quality
+from .losses import InfoNCEConfig, infonce_loss
+from .mining import mine_hard_negatives
+
+
+@dataclass
+class TeacherConfig:
+    teacher: str = "mpnet"
+    data_dir: str | None = None
+    out_dir: str = "runs/teacher"
+    threshold: float = DEFAULT_THRESHOLD   # positives: relevance >= threshold
+    skip_threshold: float = 2.0            # never mine a product judged >= this for the query
+    max_train_queries: int | None = None   # None = all train queries with a positive
+    max_dev_queries: int | None = None     # dev queries measured (seeded subset; None = all)
+    max_products: int | None = None        # corpus slice: judged products + distractors (None = all)
+    max_length: int | None = 64            # titles and queries are short; caps the cost of outliers
+    num_negatives: int = 3
+    mine_lo: int = 10
+    mine_hi: int = 100
+    temperature: float = 0.05
+    margin: float = 0.1
+    query_query: bool = True               # q–q in-batch negatives in the InfoNCE denominator
+    doc_doc: bool = True                   # d⁺–d negatives (constants in refine: they only enlarge Z)
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-5
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    seed: int = 0
+    save_every: int = 50
+    resume: bool = False
+    stop_after: int | None = None
+    evaluate: bool = True
+    encode_batch_size: int = 64
+
+
+def prepare(cfg: TeacherConfig):
+    """Data, corpus slice and pairs; raises before any model work on bad input."""
+    train = load_split("train", cfg.data_dir)
+    dev = load_split("dev", cfg.data_dir)
+    dev = subset_queries(dev, choose_queries(len(dev.query_ids), cfg.max_dev_queries, cfg.seed))
+    qsel = choose_queries(len(train.query_ids), cfg.max_train_queries, cfg.seed)
+    train = subset_queries(train, qsel)
+    # The slice keeps every train positive and every dev-judged product, so neither training nor the dev
+    # metrics lose a relevant item; random distractors fill it up to max_products.
+    positives = {d for rel in train.qrels.values() for d, r in rel.items() if r >= cfg.threshold}
+    rows = corpus_rows(train, positives | judged_ids(dev), cfg.max_products, cfg.seed)
+    train, dev = restrict(train, rows), restrict(dev, rows)
+    pairs = build_pairs(train, cfg.threshold)
+    return train, dev, pairs
+
+
+def train_teacher(cfg: TeacherConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    dist_utils.setup()
+    train, dev, pairs = prepare(cfg)
+    start = resume_or(cfg.teacher, cfg.out_dir, cfg.resume)
+    base = load_encoder(cfg.teacher, cfg.max_length, "teacher")
+    corpus_keys = text_keys(train.doc_texts)
+    show = dist_utils.rank() == 0
+
+    # Mining and the "before" numbers use the off-the-shelf teacher (cached: a resumed run reuses them).
+    doc_base = cached_encode(base, train.doc_texts, cache_dir(cfg.out_dir, "corpus_base"), ids=train.doc_ids,
+                             batch_size=cfg.encode_batch_size, show_progress=show)
+    q_base = cached_encode(base, pairs.query_texts, cache_dir(cfg.out_dir, "train_queries_base"),
+                           batch_size=cfg.encode_batch_size, show_progress=show)
+    skip = [{j for j, r in rel.items() if r >= cfg.skip_threshold} for rel in pairs.judged]
+    skip_keys = [{int(corpus_keys[j]) for j in s} for s in skip]
+    negs = mine_hard_negatives(q_base, doc_base, cfg.num_negatives, skip, cfg.mine_lo, cfg.mine_hi, cfg.seed,
+                               corpus_keys, skip_keys)
+    before = None
+    if cfg.evaluate:
+        qd = base.encode(dev.queries, batch_size=cfg.encode_batch_size)
+        before = retrieval_quality(qd, doc_base, dev.query_ids, dev.doc_ids, dev.qrels, cfg.threshold)
+
+    enc = base if start == cfg.teacher else load_encoder(start, cfg.max_length, "teacher")
+    q_ids = enc.tokenize(pairs.query_texts)
+    d_ids = enc.tokenize(train.doc_texts)
+    tower = dist_utils.wrap(enc)
+    icfg = InfoNCEConfig(cfg.temperature, cfg.margin, cfg.query_query, cfg.doc_doc)
+
+    def step_loss(step: int, idx: np.ndarray) -> torch.Tensor:
+        b = contrastive_batch(pairs, negs, idx, corpus_keys, cfg.threshold)
+        B, K = len(idx), cfg.num_negatives
+        local = dist_utils.local_slice(B)
+        lq = b.query_rows[local]
+        lpos = b.pool_rows[:B][local]
+        lneg = b.pool_rows[B:].reshape(B, K)[local].reshape(-1)
+        seqs = [q_ids[i] for i in lq] + [d_ids[j] for j in lpos] + [d_ids[j] for j in lneg]
+        out = tower(pack(seqs))
+        nq = len(lq)
+        q = dist_utils.gather(out[:nq])
+        pos = dist_utils.gather(out[nq: 2 * nq])
+        neg = dist_utils.gather(out[2 * nq:])
+        docs = torch.cat([pos, neg])
+        return infonce_loss(q, docs, torch.as_tensor(b.pos_index), torch.as_tensor(b.doc_keys),
+                            torch.as_tensor(b.query_keys), torch.as_tensor(b.known_pos), icfg)
+
+    extra = {"pairs": len(pairs), "train_queries": len(pairs.query_texts), "products": len(train.doc_ids),
+             "dev_before": before}
+    log = loop.train(cfg, enc, tower, len(pairs), step_loss, "teacher", log_extra=extra)
+    if cfg.evaluate and log["finished"]:
+        # Every rank takes part: encode_corpus splits the shards over the ranks (and synchronises them).
+        doc_ft = cached_encode(enc, train.doc_texts, cache_dir(cfg.out_dir, "corpus_finetuned"),
+                               ids=train.doc_ids, batch_size=cfg.encode_batch_size, show_progress=show)
+        if dist_utils.rank() == 0:
+            qd = enc.encode(dev.queries, batch_size=cfg.encode_batch_size)
+            log["dev_after"] = retrieval_quality(qd, doc_ft, dev.query_ids, dev.doc_ids, dev.qrels, cfg.threshold)
+            write_json(os.path.join(cfg.out_dir, "run_log.json"), log)
+    return log
