@@ -2,7 +2,7 @@
 and bidirectional, GQA/MQA head mapping, head_dim 32..128 (and a non-power-of-two), the MPNet bias."""
 import pytest
 import torch
-from kernel_checks import DTYPES, assert_within_torch_error, packed
+from .kernel_checks import DTYPES, assert_within_torch_error, packed
 
 from hlm_engine.kernels.attention import varlen_attention, varlen_attention_ref
 

@@ -2,7 +2,7 @@
 erf-GELU epilogue, down GEMM + bias + residual), plus the shared epilogue GEMM `linear`."""
 import pytest
 import torch
-from kernel_checks import DTYPES, assert_within_torch_error
+from .kernel_checks import DTYPES, assert_within_torch_error
 
 from hlm_engine.kernels.gelu_ffn import gelu_ffn, gelu_ffn_ref
 from hlm_engine.kernels.linear import linear, linear_ref

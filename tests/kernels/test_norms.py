@@ -1,7 +1,7 @@
 """Fused residual add + RMSNorm / LayerNorm kernels against their references."""
 import pytest
 import torch
-from kernel_checks import DTYPES, assert_within_torch_error
+from .kernel_checks import DTYPES, assert_within_torch_error
 
 from hlm_engine.kernels.add_layernorm import add_layernorm, add_layernorm_ref
 from hlm_engine.kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_ref

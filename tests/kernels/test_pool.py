@@ -1,7 +1,7 @@
 """Pooling (mean / CLS / last token) + Matryoshka truncation + L2 normalisation in one kernel."""
 import pytest
 import torch
-from kernel_checks import DTYPES, assert_within_torch_error, packed
+from .kernel_checks import DTYPES, assert_within_torch_error, packed
 
 from hlm_engine.kernels.pool import pool, pool_ref
 

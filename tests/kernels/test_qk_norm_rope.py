@@ -1,7 +1,7 @@
 """q/k per-head RMSNorm + RoPE on packed tokens, read from the fused qkv projection as Qwen3 does."""
 import pytest
 import torch
-from kernel_checks import DTYPES, assert_within_torch_error, packed
+from .kernel_checks import DTYPES, assert_within_torch_error, packed
 
 from hlm_engine.kernels.qk_norm_rope import qk_norm_rope, qk_norm_rope_ref
 
