@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv models bench clean-venv
+.PHONY: demo quicklook test venv models bench clean-venv
 
 venv: $(STAMP)
 
@@ -22,7 +22,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml setup.py $(wildca
 models: $(STAMP)
 	$(VENV)/bin/hlm models install
 
+# The whole pipeline: teacher encodes the ads -> index -> align (+refine) the student -> serve the dev
+# queries through the engine -> quality and latency tables. Cached under runs/demo; DEMO_ARGS=--full for all data.
 demo: models
+	$(PY) -m hlm_engine.train.demo $(DEMO_ARGS)
+
+# A two-minute look: encode ads and queries with both default models, timings and nearest neighbours.
+quicklook: models
 	$(PY) -m hlm_engine.demo $(DEMO_ARGS)
 
 test: models

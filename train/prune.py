@@ -157,13 +157,37 @@ def prune_to(enc: Encoder, texts: list[str], num_layers: int, ffn_width: int | N
              batch_size: int = 64) -> tuple[Encoder, dict]:
     """One pruning step to (num_layers, ffn_width) by calibration importance; returns the model and scores."""
     bi, acts = calibration_stats(enc, texts, batch_size)
-    layers = select_layers(bi, num_layers)
+    return prune_by_scores(enc, bi, acts, num_layers, ffn_width, multiple)
+
+
+def prune_by_scores(enc: Encoder, block_influence: np.ndarray, ffn_importance: list[np.ndarray], num_layers: int,
+                    ffn_width: int | None, multiple: int = 64) -> tuple[Encoder, dict]:
+    """`prune_to` on precomputed scores (from `calibration_stats`): keep the `num_layers` layers of highest
+    Block Influence and, in each, the round_width(ffn_width) units of highest importance (never widening).
+    info["importance_kept"][j] = sum of kept unit importances / sum of all, for kept layer j."""
+    layers = select_layers(block_influence, num_layers)
     units = {}
     if ffn_width is not None:
         for i in layers:
             w = min(round_width(ffn_width, multiple), enc.config.intermediate_sizes[i])
             if w < enc.config.intermediate_sizes[i]:
-                units[i] = select_units(acts[i], w)
-    return prune(enc, layers, units), {"block_influence": bi.tolist(), "kept_layers": layers,
+                units[i] = select_units(ffn_importance[i], w)
+    kept = [float(ffn_importance[i][units[i]].sum() / max(ffn_importance[i].sum(), 1e-30)) if i in units else 1.0
+            for i in layers]
+    return prune(enc, layers, units), {"block_influence": np.asarray(block_influence).tolist(), "kept_layers": layers,
                                        "widths": [len(units[i]) if i in units else enc.config.intermediate_sizes[i]
-                                                  for i in layers]}
+                                                  for i in layers],
+                                       "importance_kept": kept}
+
+
+def ffn_stats(ffn_importance: list[np.ndarray], mass: float = 0.9) -> list[dict]:
+    """Per layer: width, mean/min/max unit importance, and how many of the top units hold `mass` of the total
+    (a width the layer could be cut to while keeping that share of its activation magnitude)."""
+    out = []
+    for a in ffn_importance:
+        a = np.asarray(a, dtype=np.float64)
+        cum = np.cumsum(np.sort(a)[::-1])
+        need = int(np.searchsorted(cum, mass * cum[-1]) + 1) if cum[-1] > 0 else len(a)
+        out.append({"width": int(len(a)), "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()),
+                    f"units_for_{int(mass * 100)}pct": min(need, len(a))})
+    return out
