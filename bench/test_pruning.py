@@ -86,6 +86,13 @@ def _plot(rows: dict, path: str) -> None:
         ax.annotate(name, (r["p50_ms"], r["R@100_recovery"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.axhline(0.95, ls="--", lw=0.8, color="gray")
     ax.set_xscale("log")
+    # Plain-number ticks: the default log formatter prints overlapping "3x10^0"-style minor labels.
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    ticks = [t for t in (1, 2, 3, 5, 10, 20, 50, 100, 200) if
+             min(r["p50_ms"] for r in rows.values()) / 1.5 <= t <= max(r["p50_ms"] for r in rows.values()) * 1.5]
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("CPU batch-1 p50 latency (ms, log)")
     ax.set_ylabel("Recall@100 / teacher's")
     ax.set_title("Pruned MiniLM students vs MPNet teacher (Home Depot dev)")

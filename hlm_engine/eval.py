@@ -91,14 +91,15 @@ def format_table(rows: dict[str, dict[str, float]], digits: int = 4) -> str:
     cols: list[str] = []
     for r in rows.values():
         cols += [c for c in r if c not in cols]
+
+    def cell(c, v):
+        return "" if v is None else (str(int(v)) if c in COUNT_KEYS else f"{v:.{digits}f}")
+
+    body = {name: [cell(c, r.get(c)) for c in cols] for name, r in rows.items()}
+    widths = [max([len(c)] + [len(b[j]) for b in body.values()]) for j, c in enumerate(cols)]
     width = max([len("system")] + [len(name) for name in rows])
-    lines = ["| " + "system".ljust(width) + " | " + " | ".join(cols) + " |",
-             "|" + "-" * (width + 2) + "|" + "|".join("-" * (len(c) + 2) for c in cols) + "|"]
-    for name, r in rows.items():
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            s = "" if v is None else (str(int(v)) if c in COUNT_KEYS else f"{v:.{digits}f}")
-            cells.append(s.rjust(len(c)))
-        lines.append("| " + name.ljust(width) + " | " + " | ".join(cells) + " |")
+    lines = ["| " + "system".ljust(width) + " | " + " | ".join(c.rjust(w) for c, w in zip(cols, widths)) + " |",
+             "|" + "-" * (width + 2) + "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"]
+    for name, cells in body.items():
+        lines.append("| " + name.ljust(width) + " | " + " | ".join(s.rjust(w) for s, w in zip(cells, widths)) + " |")
     return "\n".join(lines)
