@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from hlm_engine.io import read_json
 
 SUPPORTED_ARCHS = ("bert", "mpnet", "qwen3", "qwen2")
 POOLING_MODES = ("mean", "cls", "last")
@@ -197,16 +199,11 @@ def load_folder_config(folder: str) -> EncoderConfig:
     """Read our `hlm_config.json` if present, else map HF + sentence-transformers settings."""
     ours = os.path.join(folder, "hlm_config.json")
     if os.path.exists(ours):
-        with open(ours) as f:
-            return EncoderConfig.from_dict(json.load(f))
+        return EncoderConfig.from_dict(read_json(ours))
     hf_path = os.path.join(folder, "config.json")
     if not os.path.exists(hf_path):
         raise FileNotFoundError(f"{folder}: no config.json or hlm_config.json (not a model folder)")
-    try:
-        with open(hf_path) as f:
-            hf = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{hf_path}: corrupt JSON ({e})") from None
+    hf = read_json(hf_path)
     st_max, pooling, normalize = _sentence_transformers_settings(folder)
     return from_hf_config(hf, st_max_length=st_max, pooling=pooling, normalize=normalize)
 
@@ -216,17 +213,14 @@ def _sentence_transformers_settings(folder: str):
     st_max = pooling = normalize = None
     p = os.path.join(folder, "sentence_bert_config.json")
     if os.path.exists(p):
-        with open(p) as f:
-            st_max = json.load(f).get("max_seq_length")
+        st_max = read_json(p).get("max_seq_length")
     modules_path = os.path.join(folder, "modules.json")
     if os.path.exists(modules_path):
-        with open(modules_path) as f:
-            modules = json.load(f)
+        modules = read_json(modules_path)
         normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
         for m in modules:
             if m.get("type", "").endswith("Pooling"):
-                with open(os.path.join(folder, m.get("path", ""), "config.json")) as f:
-                    pc = json.load(f)
+                pc = read_json(os.path.join(folder, m.get("path", ""), "config.json"))
                 if pc.get("pooling_mode_cls_token"):
                     pooling = "cls"
                 elif pc.get("pooling_mode_lasttoken"):

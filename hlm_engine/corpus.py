@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 import os
 import time
 
 import numpy as np
 
-from hlm_engine.io import save_npy, write_json
+from hlm_engine.io import read_json, save_npy, write_json
 
 log = logging.getLogger("hlm.corpus")
 
@@ -103,22 +102,14 @@ def _shard_done(out_dir: str, i: int, rows: int, dim: int) -> bool:
     return arr.shape == (rows, dim) and arr.dtype == np.float16
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt JSON ({e})") from None
-
-
 def read_manifest(out_dir: str) -> dict:
     """The manifest of a finished encoding; a clear error for a missing or unfinished one."""
     path = os.path.join(out_dir, "manifest.json")
     if os.path.exists(path):
-        return _read_json(path)
+        return read_json(path)
     plan_path = os.path.join(out_dir, "plan.json")
     if os.path.exists(plan_path):
-        plan = _read_json(plan_path)
+        plan = read_json(plan_path)
         done = sum(_shard_done(out_dir, i, r, plan["dim"]) for i, r in enumerate(_shard_rows(plan)))
         raise ValueError(f"{out_dir}: encoding unfinished ({done} of {plan['num_shards']} shards written); "
                          "run encode_corpus / `hlm encode-corpus` again to resume it")
@@ -138,8 +129,7 @@ def load_embeddings(out_dir: str) -> tuple[list[str], np.ndarray]:
     for i, rows in enumerate(_shard_rows(m)):
         npy, idp = _shard_paths(out_dir, i)
         arr = np.load(npy)
-        with open(idp) as f:
-            sid = json.load(f)
+        sid = read_json(idp)
         if arr.shape != (rows, m["dim"]) or len(sid) != rows:
             raise ValueError(f"{npy}: shape {arr.shape} / {len(sid)} ids, manifest expects ({rows}, {m['dim']})")
         vecs[len(ids): len(ids) + rows] = arr
@@ -219,21 +209,21 @@ def encode_corpus(encoder_or_name, ids: list[str], texts: list[str], out_dir: st
             "source": {"file": os.path.basename(source), "sha256": _file_sha256(source)} if source else None}
     man_path, plan_path = os.path.join(out_dir, "manifest.json"), os.path.join(out_dir, "plan.json")
     if os.path.exists(man_path):
-        _check_resume(_read_json(man_path), plan, out_dir)
-        return _read_json(man_path)
+        _check_resume(read_json(man_path), plan, out_dir)
+        return read_json(man_path)
 
     rank, world, dist = _dist()
     if rank == 0:
         os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)
         if os.path.exists(plan_path):
-            _check_resume(_read_json(plan_path), plan, out_dir)
+            _check_resume(read_json(plan_path), plan, out_dir)
         else:
             write_json(plan_path, plan)
         for stale in glob.glob(os.path.join(out_dir, "shards", ".*.tmp")):  # left by a killed run
             os.remove(stale)
     if dist is not None:
         dist.barrier()
-        _check_resume(_read_json(plan_path), plan, out_dir)
+        _check_resume(read_json(plan_path), plan, out_dir)
 
     rows = _shard_rows(plan)
     todo = [i for i in range(plan["num_shards"]) if i % world == rank and not _shard_done(out_dir, i, rows[i],
@@ -273,7 +263,7 @@ def encode_corpus(encoder_or_name, ids: list[str], texts: list[str], out_dir: st
         write_json(man_path, manifest)
     if dist is not None:
         dist.barrier()
-    return _read_json(man_path)
+    return read_json(man_path)
 
 
 def _file_sha256(path: str) -> str:

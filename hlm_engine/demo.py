@@ -25,6 +25,7 @@ import torch
 
 from hlm_engine.data import data_dir, load_homedepot
 from hlm_engine.encoder import Encoder
+from hlm_engine.eval import compute_metrics
 from hlm_engine.index.exact import exact_topk
 
 
@@ -46,16 +47,13 @@ def pick_corpus(ds, num_docs: int | None, threshold: float, seed: int = 0) -> li
 
 
 def recall_at_k(top: np.ndarray, query_ids, doc_ids, qrels, threshold: float, k: int = 10) -> tuple[float, int]:
-    """Mean Recall@k over queries with >= 1 relevant encoded doc; returns (recall, number of such queries)."""
-    scores = []
-    for qi, qid in enumerate(query_ids):
-        rel = {d for d, g in qrels.get(qid, {}).items() if g >= threshold}
-        rel &= set(doc_ids)
-        if not rel:
-            continue
-        found = {doc_ids[j] for j in top[qi, :k]}
-        scores.append(len(found & rel) / len(rel))
-    return (float(np.mean(scores)) if scores else float("nan")), len(scores)
+    """Recall@k (hlm_engine.eval) counting only the encoded products as relevant candidates (the demo
+    searches a corpus slice); returns (recall, number of queries with a relevant encoded product)."""
+    encoded = set(doc_ids)
+    sub = {q: {d: g for d, g in qrels.get(q, {}).items() if d in encoded} for q in query_ids}
+    run = {q: [doc_ids[j] for j in top[i, :k]] for i, q in enumerate(query_ids)}
+    m = compute_metrics(run, sub, ks=(k,), threshold=threshold)
+    return m[f"R@{k}"], int(m["queries"])
 
 
 def batch1_latency_ms(enc: Encoder, texts: list[str]) -> tuple[float, float]:

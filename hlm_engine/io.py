@@ -34,6 +34,15 @@ def atomic_path(path: str):
             os.remove(tmp)
 
 
+def read_json(path: str):
+    """Parsed JSON of `path`; a corrupt file raises ValueError naming it (FileNotFoundError stays)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt JSON ({e})") from None
+
+
 def write_json(path: str, obj) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)

@@ -10,7 +10,6 @@ folder (`{"teacher": name, "teacher_checksum": sha256}`, written by the alignmen
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -19,6 +18,7 @@ import numpy as np
 from hlm_engine.corpus import _encoder_of, model_identity
 from hlm_engine.index.ann import AnnIndex
 from hlm_engine.index.manifest import read_index_manifest
+from hlm_engine.io import read_json
 
 ALIGNMENT_FILE = "hlm_alignment.json"
 log = logging.getLogger("hlm.retriever")
@@ -29,8 +29,7 @@ def query_space(query_encoder) -> tuple[int, str | None, str]:
     ident = model_identity(query_encoder)
     folder = ident["folder"]
     if folder and os.path.exists(os.path.join(folder, ALIGNMENT_FILE)):
-        with open(os.path.join(folder, ALIGNMENT_FILE)) as f:
-            al = json.load(f)
+        al = read_json(os.path.join(folder, ALIGNMENT_FILE))
         if not al.get("teacher_checksum"):
             raise ValueError(f"{folder}/{ALIGNMENT_FILE}: no 'teacher_checksum' field")
         return ident["dim"], al["teacher_checksum"], f"{ident['name']} (aligned to {al.get('teacher', '?')})"

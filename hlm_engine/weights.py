@@ -61,9 +61,6 @@ class _Source:
             raise KeyError(f"{self.folder}: tensor {name!r} missing from {self.where}")
         return self.sd[name]
 
-    def get(self, name):
-        return self.sd.get(name)
-
 
 def hf_to_ours(cfg: EncoderConfig, sd: dict[str, torch.Tensor], where: str = "", folder: str = "") -> dict:
     g = _Source(sd, where, folder)

@@ -20,7 +20,7 @@ import numpy as np
 from hlm_engine.index import faiss_cpu, faiss_gpu
 from hlm_engine.index.manifest import FORMAT, METRIC, check_compatible, read_index_manifest
 from hlm_engine.index.params import KINDS, IndexParams, default_kind, resolve_params
-from hlm_engine.io import atomic_dir
+from hlm_engine.io import atomic_dir, read_json
 
 log = logging.getLogger("hlm.index")
 
@@ -144,8 +144,7 @@ class AnnIndex:
         m["_dir"] = index_dir
         check_compatible(m, dim=dim, teacher_checksum=teacher_checksum)
         index = faiss.read_index(os.path.join(index_dir, "index.faiss"))
-        with open(os.path.join(index_dir, "ids.json")) as f:
-            ids = json.load(f)
+        ids = read_json(os.path.join(index_dir, "ids.json"))
         if index.d != m["dim"] or index.ntotal != m["count"]:
             raise ValueError(f"{index_dir}: index.faiss holds {index.ntotal} x {index.d}, manifest says "
                              f"{m['count']} x {m['dim']} (folder tampered with or mixed)")

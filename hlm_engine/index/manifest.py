@@ -6,8 +6,9 @@ confident-looking garbage, so loading refuses such a pairing instead.
 """
 from __future__ import annotations
 
-import json
 import os
+
+from hlm_engine.io import read_json
 
 FORMAT = "hlm-index/1"
 METRIC = "ip"  # inner product on L2-normalised vectors = cosine similarity
@@ -17,11 +18,7 @@ def read_index_manifest(index_dir: str) -> dict:
     path = os.path.join(index_dir, "manifest.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{index_dir}: no manifest.json (not an index folder written by hlm index build)")
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt JSON ({e})") from None
+    m = read_json(path)
     if m.get("format") != FORMAT:
         raise ValueError(f"{path}: format {m.get('format')!r}, expected {FORMAT!r}")
     return m
