@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo quicklook test venv models bench clean-venv
+.PHONY: demo quicklook test venv models bench study report clean-venv
 
 venv: $(STAMP)
 
@@ -36,6 +36,18 @@ test: models
 
 bench: models
 	$(PY) -m pytest bench --benchmark-only -q -s $(BENCH_ARGS)
+
+# The design-choice study (bench/study/default.toml: objectives, dimensions, pruned / Qwen3 students, optimisation;
+# ~40-60 min on 2 cores) on the real data; every phase is cached under ~/.cache/hlm/study, so a rerun only
+# re-tabulates. Writes bench/results/study.json. STUDY_ARGS="--set align_steps=20 ..." shrinks the budget.
+study: models
+	@test -n "$$HLM_DATA_DIR" || { echo "make study needs HLM_DATA_DIR (the folder holding homedepot/ and queries/)"; exit 1; }
+	$(VENV)/bin/hlm study --config bench/study/default.toml $(STUDY_ARGS)
+
+# bench/results/REPORT.md (tables, plots, machine stamps, GPU reproduction guide) from bench/results/*.json,
+# and the README's results section between its report markers.
+report: venv
+	$(VENV)/bin/hlm report --readme README.md
 
 clean-venv:
 	rm -rf $(VENV)

@@ -122,7 +122,7 @@ class Encoder:
         if proj is None:
             return ops.pool(hidden, batch.cu_seqlens, self.config.pooling, dim, normalize, backend=self.backend)
         pooled = ops.pool(hidden, batch.cu_seqlens, self.config.pooling, None, False, backend=self.backend)
-        out = F.linear(pooled, proj.weight, proj.bias)  # folded student->teacher projection
+        out = ops.linear(pooled, proj.weight, proj.bias)  # folded student->teacher projection
         out = out[:, :dim] if dim is not None else out
         return F.normalize(out.float(), dim=-1).to(out.dtype) if normalize else out
 

@@ -16,7 +16,9 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 
+from hlm_engine import cpu_linear
 from hlm_engine.kernels.add_layernorm import add_layernorm_ref
 from hlm_engine.kernels.add_rmsnorm import add_rmsnorm_ref
 from hlm_engine.kernels.attention import varlen_attention_ref
@@ -72,6 +74,13 @@ def _k(name: str):
     return importlib.import_module(f"hlm_engine.kernels.{name}")
 
 
+def linear(x, w, b=None, activation="none", backend="torch"):
+    """act(x W^T + b), activation "none" | "gelu". The plain projections (QKV, attention output) stay on the
+    vendor GEMM on every backend: cuBLAS on GPU already runs them at roofline, and on CPU inference the
+    weights are prepacked for oneDNN (`cpu_linear`, the batch-1 win). Fused epilogues live in the FFN ops."""
+    return cpu_linear.linear(x, w, b, activation)
+
+
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, bias=None, backend="torch"):
     """q [T, Hq, D], k/v [T, Hkv, D], cu_seqlens [B+1] int32 -> [T, Hq, D]."""
     if backend == "triton":
@@ -104,6 +113,10 @@ def swiglu_ffn(x, w_gate_up, w_down, residual=None, backend="torch"):
     """(silu(x Wg^T) * x Wu^T) Wd^T + residual."""
     if backend == "triton":
         return _k("swiglu_ffn").swiglu_ffn(x, w_gate_up, w_down, residual)
+    if cpu_linear.usable(x, w_gate_up):  # CPU inference: the same math on prepacked weights
+        gate, up = cpu_linear.linear(x, w_gate_up).chunk(2, dim=-1)
+        out = cpu_linear.linear(F.silu(gate) * up, w_down)
+        return out if residual is None else out + residual
     return swiglu_ffn_ref(x, w_gate_up, w_down, residual)
 
 
@@ -111,6 +124,9 @@ def gelu_ffn(x, w1, b1, w2, b2, residual=None, backend="torch"):
     """gelu(x W1^T + b1) W2^T + b2 + residual."""
     if backend == "triton":
         return _k("gelu_ffn").gelu_ffn(x, w1, b1, w2, b2, residual)
+    if cpu_linear.usable(x, w1):  # CPU inference: prepacked weights, GELU fused into the up-projection
+        out = cpu_linear.linear(cpu_linear.linear(x, w1, b1, "gelu"), w2, b2)
+        return out if residual is None else out + residual
     return gelu_ffn_ref(x, w1, b1, w2, b2, residual)
 
 

@@ -29,13 +29,17 @@ from .common import check_folder, load_encoder
 from .data import DEFAULT_THRESHOLD
 from .embed import cached_encode, retrieval_quality
 from .refine import RefineConfig, train_refine
-from .teacher import TeacherConfig, prepare, train_teacher
+from .teacher import TeacherConfig, finetuned_corpus_dir, prepare, train_teacher
 
 # Sized for ~15 min on 2 CPU cores: the teacher (MPNet, fp32) encodes product titles at only ~30-60/s
 # there, so the corpus slice (all products judged for the chosen dev queries + train positives +
 # distractors) and the query-log size dominate the budget.
 DEFAULTS = dict(products=6000, train_queries=1500, dev_queries=400, log_queries=8000, align_steps=500,
                 refine_steps=150, teacher_steps=0)
+# The teacher fine-tune on 2 CPU cores: small batches, one mined negative each, and only the top 4 of
+# MPNet's 12 layers trained (the backward through all 12 is most of a step's cost there; ~6 s/step). On
+# GPUs run `hlm train teacher` with its defaults (all layers, 3 negatives, batch 16+) instead.
+TEACHER_CPU_RECIPE = dict(batch_size=8, num_negatives=1, trainable_layers=4, lr=3e-5)
 FULL = dict(products=None, train_queries=None, dev_queries=None, log_queries=None, align_steps=3000,
             refine_steps=1000, teacher_steps=0)
 
@@ -102,17 +106,20 @@ def main(argv=None) -> int:
     # a fresh folder and an unchanged one is reused.
     sl = f"p{a.products or 'all'}-t{a.train_queries or 'all'}-d{a.dev_queries or 'all'}-r{a.threshold}"
     teacher, rows, logs = a.teacher, {}, {}
+    base_corpus = os.path.join(w, f"corpus-base-{sl}")
     if a.teacher_steps:
         t_dir = os.path.join(w, f"teacher-{sl}-s{a.teacher_steps}")
         logs["teacher"] = _phase("teacher fine-tune", t_dir, train_teacher,
-                                 TeacherConfig(teacher=a.teacher, out_dir=t_dir, steps=a.teacher_steps, **slice_kw))
+                                 TeacherConfig(teacher=a.teacher, out_dir=t_dir, steps=a.teacher_steps,
+                                               base_corpus_dir=base_corpus, **TEACHER_CPU_RECIPE, **slice_kw))
         rows["teacher (off the shelf)"] = logs["teacher"]["dev_before"]
         teacher = os.path.join(t_dir, "model")
     teacher_folder, _ = check_folder(teacher, "teacher")
     tag = f"finetuned{a.teacher_steps}" if a.teacher_steps else "base"
 
-    # 1. ads -> teacher vectors (resumable shards) -> ANN index pinned to the teacher's checksum.
-    corpus_dir = os.path.join(w, f"corpus-{tag}-{sl}")
+    # 1. ads -> teacher vectors (resumable shards) -> ANN index pinned to the teacher's checksum. The
+    # fine-tune run already encoded the corpus with its final weights (for its dev numbers): reuse them.
+    corpus_dir = finetuned_corpus_dir(t_dir) if a.teacher_steps else base_corpus
     docs = cached_encode(teacher_folder, train.doc_texts, corpus_dir, ids=train.doc_ids)
     index_dir = os.path.join(w, f"index-{tag}-{sl}")
     if not os.path.exists(os.path.join(index_dir, "manifest.json")):
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
     # 3. align on the query log (teacher targets cached), 4. refine against the frozen corpus vectors.
     lq = a.log_queries or "all"
     align_dir = os.path.join(w, f"align-{tag}-q{lq}-s{a.align_steps}")
-    refine_dir = os.path.join(w, f"refine-{tag}-{sl}-q{lq}-s{a.align_steps}-s{a.refine_steps}")
+    refine_dir = os.path.join(w, f"refine-{tag}-{sl}-q{lq}-s{a.align_steps}-s{a.refine_steps}-a{RefineConfig.align_weight}")
     base_dir = os.path.join(w, f"baseline-{tag}-{sl}-s{a.refine_steps}")
     logs["align"] = _phase("align", align_dir, train_align, AlignConfig(
         student=a.student, teacher=teacher_folder, data_dir=ddir, out_dir=align_dir, max_queries=a.log_queries,
@@ -158,7 +165,8 @@ def main(argv=None) -> int:
     if not a.no_baseline:
         # The paper's baseline: the same InfoNCE budget on the raw student (fresh 384->768 head), no alignment.
         logs["baseline"] = _phase("baseline: direct asymmetric fine-tune", base_dir, train_refine,
-                                  RefineConfig(student=a.student, out_dir=base_dir, head_lr_mult=50.0, **refine_kw))
+                                  RefineConfig(student=a.student, out_dir=base_dir, head_lr_mult=50.0,
+                                               align_weight=0.0, **refine_kw))
         row("baseline: direct asymmetric (no align)", base_dir, lambda: quality(os.path.join(base_dir, "model")))
 
     # 5. the deployed path: aligned+refined student behind the engine, querying the ANN index.

@@ -6,8 +6,15 @@ gets K hard negatives mined from the teacher index (ranks [mine_lo, mine_hi), ju
 mined with the teacher's own query vectors), every other query's positives and negatives, and
 `shared_negatives` corpus rows drawn per step (seeded by the step, so resume is exact).
 
+Small supervised sets pull a student out of the teacher's space fast (measured: 20 refine steps on an
+aligned MiniLM cut Recall@100 recovery from 0.93 to 0.88), so the loss keeps an alignment anchor:
+    L = InfoNCE(q_S, frozen teacher docs) + align_weight · ‖f_S(q) − f_T(q)‖²
+with f_T(q) the teacher's own (cached) vectors of the same training queries. align_weight = 0 is plain
+InfoNCE.
+
 Started from the off-the-shelf student (no alignment) this is the paper's baseline: direct asymmetric
-fine-tuning, with a fresh linear head to the teacher width.
+fine-tuning, with a fresh linear head to the teacher width (and no anchor: the baseline has no teacher
+query targets).
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from .align import write_alignment
 from .common import attach_projection, cache_dir, check_folder, load_encoder, resume_or
 from .data import DEFAULT_THRESHOLD, build_pairs, contrastive_batch, text_keys
 from .embed import cached_encode, retrieval_quality
-from .losses import InfoNCEConfig, infonce_loss
+from .losses import InfoNCEConfig, alignment_loss, infonce_loss
 from .mining import mine_hard_negatives
 
 
@@ -51,6 +58,7 @@ class RefineConfig:
     margin: float = 0.1
     query_query: bool = True               # q–q in-batch negatives in the InfoNCE denominator
     doc_doc: bool = True                   # d⁺–d negatives (constants in refine: they only enlarge Z)
+    align_weight: float = 1.0              # ℓ2 anchor to the teacher's query vectors (0 = InfoNCE only)
     steps: int = 300
     batch_size: int = 32
     lr: float = 2e-5
@@ -90,6 +98,9 @@ def train_refine(cfg: RefineConfig) -> dict:
     negs = mine_hard_negatives(q_teacher, docs_np, cfg.num_negatives, skip, cfg.mine_lo, cfg.mine_hi, cfg.seed,
                                corpus_keys, [{int(corpus_keys[j]) for j in s} for s in skip])
     docs = torch.as_tensor(docs_np)
+    q_targets = torch.as_tensor(q_teacher)
+    if cfg.align_weight < 0:
+        raise ValueError(f"align_weight must be >= 0, got {cfg.align_weight}")
     before = None
     if cfg.evaluate:
         before = retrieval_quality(enc.encode(dev.queries, batch_size=cfg.encode_batch_size), docs_np,
@@ -107,9 +118,12 @@ def train_refine(cfg: RefineConfig) -> dict:
         b = contrastive_batch(pairs, negs, idx, corpus_keys, cfg.threshold, shared)
         local = b.query_rows[dist_utils.local_slice(len(idx))]
         q = dist_utils.gather(tower(pack([q_ids[i] for i in local])))
-        return infonce_loss(q, docs[torch.as_tensor(b.pool_rows)], torch.as_tensor(b.pos_index),
+        loss = infonce_loss(q, docs[torch.as_tensor(b.pool_rows)], torch.as_tensor(b.pos_index),
                             torch.as_tensor(b.doc_keys), torch.as_tensor(b.query_keys),
                             torch.as_tensor(b.known_pos), icfg)
+        if cfg.align_weight:
+            loss = loss + cfg.align_weight * alignment_loss(q, q_targets[torch.as_tensor(b.query_rows)], "l2")
+        return loss
 
     def extra_files(folder: str) -> None:
         write_alignment(folder, cfg.teacher, teacher_folder)

@@ -37,6 +37,8 @@ class TeacherConfig:
     max_products: int | None = None        # corpus slice: judged products + distractors (None = all)
     max_length: int | None = 64            # titles and queries are short; caps the cost of outliers
     num_negatives: int = 3
+    trainable_layers: int | None = None    # fine-tune only the top N layers (None = all): on CPU the
+    #                                        backward through a 12-layer teacher is most of a step's cost
     mine_lo: int = 10
     mine_hi: int = 100
     temperature: float = 0.05
@@ -54,6 +56,7 @@ class TeacherConfig:
     stop_after: int | None = None
     evaluate: bool = True
     encode_batch_size: int = 64
+    base_corpus_dir: str | None = None     # cache of the off-the-shelf teacher's corpus vectors (shareable)
 
 
 def prepare(cfg: TeacherConfig):
@@ -72,6 +75,25 @@ def prepare(cfg: TeacherConfig):
     return train, dev, pairs
 
 
+def finetuned_corpus_dir(out_dir: str) -> str:
+    """Where a finished run leaves the fine-tuned teacher's corpus vectors (the index input)."""
+    return cache_dir(out_dir, "corpus_finetuned")
+
+
+def freeze_below(enc, trainable_layers: int | None) -> None:
+    """Freeze the embeddings and every layer but the top `trainable_layers` (autograd then stops there)."""
+    if trainable_layers is None:
+        return
+    n = len(enc.model.layers)
+    if not 1 <= trainable_layers <= n:
+        raise ValueError(f"trainable_layers must be in 1..{n} for this {n}-layer model, got {trainable_layers}")
+    for p in enc.model.parameters():
+        p.requires_grad_(False)
+    for layer in enc.model.layers[n - trainable_layers:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+
+
 def train_teacher(cfg: TeacherConfig) -> dict:
     torch.manual_seed(cfg.seed)
     dist_utils.setup()
@@ -82,7 +104,7 @@ def train_teacher(cfg: TeacherConfig) -> dict:
     show = dist_utils.rank() == 0
 
     # Mining and the "before" numbers use the off-the-shelf teacher (cached: a resumed run reuses them).
-    doc_base = cached_encode(base, train.doc_texts, cache_dir(cfg.out_dir, "corpus_base"), ids=train.doc_ids,
+    doc_base = cached_encode(base, train.doc_texts, cfg.base_corpus_dir or cache_dir(cfg.out_dir, "corpus_base"), ids=train.doc_ids,
                              batch_size=cfg.encode_batch_size, show_progress=show)
     q_base = cached_encode(base, pairs.query_texts, cache_dir(cfg.out_dir, "train_queries_base"),
                            batch_size=cfg.encode_batch_size, show_progress=show)
@@ -96,6 +118,7 @@ def train_teacher(cfg: TeacherConfig) -> dict:
         before = retrieval_quality(qd, doc_base, dev.query_ids, dev.doc_ids, dev.qrels, cfg.threshold)
 
     enc = base if start == cfg.teacher else load_encoder(start, cfg.max_length, "teacher")
+    freeze_below(enc, cfg.trainable_layers)
     q_ids = enc.tokenize(pairs.query_texts)
     d_ids = enc.tokenize(train.doc_texts)
     tower = dist_utils.wrap(enc)
@@ -123,7 +146,7 @@ def train_teacher(cfg: TeacherConfig) -> dict:
     log = loop.train(cfg, enc, tower, len(pairs), step_loss, "teacher", log_extra=extra)
     if cfg.evaluate and log["finished"]:
         # Every rank takes part: encode_corpus splits the shards over the ranks (and synchronises them).
-        doc_ft = cached_encode(enc, train.doc_texts, cache_dir(cfg.out_dir, "corpus_finetuned"),
+        doc_ft = cached_encode(enc, train.doc_texts, finetuned_corpus_dir(cfg.out_dir),
                                ids=train.doc_ids, batch_size=cfg.encode_batch_size, show_progress=show)
         if dist_utils.rank() == 0:
             qd = enc.encode(dev.queries, batch_size=cfg.encode_batch_size)

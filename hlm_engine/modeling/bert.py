@@ -100,10 +100,10 @@ class PostNormEncoder(nn.Module):
                 continue
             if tap is not None:
                 tap("layer_in", i, x)
-            qkv = torch.nn.functional.linear(x, layer.qkv.weight, layer.qkv.bias).view(T, 3, nh, hd)
+            qkv = ops.linear(x, layer.qkv.weight, layer.qkv.bias, backend=be).view(T, 3, nh, hd)
             a = ops.varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], batch.cu_seqlens, batch.max_seqlen,
                                      causal=False, scale=hd ** -0.5, bias=bias, backend=be)
-            a = torch.nn.functional.linear(a.reshape(T, H), layer.o.weight, layer.o.bias)
+            a = ops.linear(a.reshape(T, H), layer.o.weight, layer.o.bias, backend=be)
             x = ops.add_layernorm(a, x, layer.attn_norm.weight, layer.attn_norm.bias, cfg.norm_eps, backend=be)[0]
             if tap is not None:
                 tap("ffn_in", i, x)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from hlm_engine import ops
 from hlm_engine.config import EncoderConfig
@@ -68,7 +67,7 @@ class Qwen3Encoder(nn.Module):
             if tap is not None:
                 tap("layer_in", i, x)
             h, r = ops.add_rmsnorm(x, None, layer.attn_norm.weight, cfg.norm_eps, backend=be)
-            qkv = F.linear(h, layer.qkv.weight, layer.qkv.bias)
+            qkv = ops.linear(h, layer.qkv.weight, layer.qkv.bias, backend=be)
             q = qkv[:, : nq * hd].view(T, nq, hd)
             k = qkv[:, nq * hd: (nq + nkv) * hd].view(T, nkv, hd)
             v = qkv[:, (nq + nkv) * hd:].view(T, nkv, hd)
@@ -77,7 +76,7 @@ class Qwen3Encoder(nn.Module):
                                     cfg.rope_theta, cfg.norm_eps, backend=be)
             a = ops.varlen_attention(q, k, v.contiguous(), batch.cu_seqlens, batch.max_seqlen, causal=True,
                                      scale=hd ** -0.5, backend=be)
-            a = F.linear(a.reshape(T, nq * hd), layer.o.weight)
+            a = ops.linear(a.reshape(T, nq * hd), layer.o.weight, backend=be)
             h, r = ops.add_rmsnorm(a, r, layer.ffn_norm.weight, cfg.norm_eps, backend=be)
             if tap is not None:
                 tap("ffn_in", i, h)

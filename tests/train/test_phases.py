@@ -103,3 +103,40 @@ def test_refine_loss_falls_with_eval(tiny_models, tmp_path):
                                    lr=3e-3))
     assert _mean(log["losses"][-3:]) < _mean(log["losses"][:3])
     assert log["dev_after"]["R@100"] >= 0.0 and log["dev_before"]["queries"] > 0
+
+
+def test_teacher_top_layers_only(tiny_models, tmp_path):
+    """trainable_layers=1: the embeddings and the lower layer keep their weights; the top layer moves."""
+    before = _weights(tiny_models["teacher"])
+    train_teacher(TeacherConfig(teacher=tiny_models["teacher"], out_dir=str(tmp_path), steps=3, batch_size=8,
+                                lr=1e-3, warmup_steps=1, save_every=0, max_length=32, evaluate=False,
+                                trainable_layers=1))
+    after = _weights(str(tmp_path / "model"))
+    n_layers = json.load(open(os.path.join(tiny_models["teacher"], "config.json")))["num_hidden_layers"]
+    top = f"layer.{n_layers - 1}."  # saved in the HF layout (encoder.layer.N.*)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(top in k for k in moved), sorted(moved)
+    with pytest.raises(ValueError, match="trainable_layers must be in 1.."):
+        train_teacher(TeacherConfig(teacher=tiny_models["teacher"], out_dir=str(tmp_path / "bad"), steps=1,
+                                    evaluate=False, trainable_layers=99))
+
+
+def test_refine_alignment_anchor_keeps_student_near_teacher(tiny_models, tmp_path):
+    """The ℓ2 anchor in refine: with a large weight the refined student stays closer to the teacher's query
+    vectors than plain InfoNCE leaves it; a negative weight is refused."""
+    aligned = train_align(_align_cfg(tiny_models, tmp_path / "align"))
+    assert aligned["finished"]
+    start = str(tmp_path / "align" / "model")
+    teacher = Encoder.from_pretrained(tiny_models["teacher"], backend="torch")
+    t = teacher.encode(QUERIES)
+
+    def dist(folder):
+        s = Encoder.from_pretrained(folder, backend="torch").encode(QUERIES)
+        return float(((s - t) ** 2).sum(1).mean())
+
+    plain = train_refine(_refine_cfg(tiny_models, start, tmp_path / "plain", steps=8, align_weight=0.0))
+    anchored = train_refine(_refine_cfg(tiny_models, start, tmp_path / "anchored", steps=8, align_weight=20.0))
+    assert plain["finished"] and anchored["finished"]
+    assert dist(str(tmp_path / "anchored" / "model")) < dist(str(tmp_path / "plain" / "model"))
+    with pytest.raises(ValueError, match="align_weight"):
+        train_refine(_refine_cfg(tiny_models, start, tmp_path / "neg", align_weight=-1.0))
