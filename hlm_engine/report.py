@@ -105,9 +105,9 @@ def _study(d: dict, ctx: Context) -> str:
                     "align → evaluate → time), not what a pretrained Qwen3 student reaches."]
     same = _same_trajectory(d["cells"], "l2", "cosine")
     if same:
-        out += ["", f"{same[0]} and {same[1]} coincide: the student's output is L2-normalised before the loss, so "
-                    "‖s − t‖² = 2(1 − cos(s, t)), and Adam's update does not depend on the loss's scale — the two "
-                    "objectives train the same model."]
+        out += ["", f"{same[0]} and {same[1]} coincide: the student's output is L2-normalised before the loss, "
+                    "so ‖s − t‖² = 2(1 − cos(s, t)), and Adam's update does not depend on the loss's scale — "
+                    "the two objectives train the same model."]
     out += ["", ctx.image("report_study_pareto.png", "quality vs latency"),
             ctx.image("report_phase_recovery.png", "recovery per phase"),
             "", "Cost per phase (each distinct phase once; teacher encodes shared by every cell):", "",
@@ -129,13 +129,22 @@ def _same_trajectory(cells: list[dict], a: str, b: str) -> tuple[str, str] | Non
 
 
 def _training(d: dict, ctx: Context) -> str:
-    return ("The pipeline rows of the design-choice study (same data, same teacher index):\n\n"
-            + tables.training_table(d))
+    z, sv = d["sizes"], d["serving"]
+    secs = ", ".join(f"{k} {v / 60:.0f} min" for k, v in d.get("phase_seconds", {}).items() if v)
+    return (f"The `make demo` pipeline (`--publish`): Home Depot dev, {z['dev_queries']} judged queries, exact "
+            f"top-100 over the teacher's vectors of a {z['products']:,}-product slice (every dev-judged product, "
+            f"every train positive, distractors); relevant = grade ≥ {d['settings']['threshold']}; recovery = "
+            f"system / the teacher that built the index.\n\n" + tables.demo_table(d["table"], d.get("order"))
+            + f"\n\nServed through the engine and the ANN index ({sv['index_kind']}): "
+            f"{sv['throughput_qps']:.0f} queries/s end to end, batch-1 p50 {sv['latency_ms_p50']:.1f} ms, "
+            f"p99 {sv['latency_ms_p99']:.1f} ms. Phase wall times: {secs or 'n/r'}; whole run "
+            f"{d['seconds'] / 60:.0f} min (cached phases count their first run).")
 
 
 def _encoder(d: dict, ctx: Context) -> str:
     r = next(iter(d["rows"].values()), {})
-    return (f"{d.get('model', 'minilm')}, the same {r.get('queries', '?')} real Home Depot queries "
+    q = r.get("queries")
+    return (f"{d.get('model', 'minilm')}, the same {f'{q:,}' if isinstance(q, int) else '?'} real Home Depot queries "
             f"({r.get('mean_tokens_per_query', 0):.1f} tokens mean, {r.get('flops_per_query', 0) / 1e6:.0f} "
             f"MFLOP/query), fp32, interleaved rounds:\n\n" + tables.encoder_table(d))
 
@@ -170,7 +179,9 @@ def _roofline(d: dict, ctx: Context) -> str:
 SECTIONS = [
     Section("study", "study.json", "Design-choice study", "make study  # hlm study --config bench/study/default.toml",
             _study),
-    Section("training", "study.json", "Training: teacher → align → refine", "make study", _training),
+    Section("training", "training.json", "Training: teacher → align → refine",
+            "make demo DEMO_ARGS='--teacher-steps 150 --align-steps 800 --publish bench/results/training.json'",
+            _training),
     Section("encoder", "encoder.json", "Encoder vs sentence-transformers",
             DATA + ".venv/bin/python -m pytest bench/test_encoder.py --benchmark-only -s", _encoder),
     Section("scheduler", "scheduler_overhead.json", "Dynamic batching: scheduler overhead",
@@ -187,8 +198,10 @@ SECTIONS = [
 
 
 def _section_stamp(key: str, d: dict, path: str) -> str:
-    if key in ("study", "training"):
+    if key == "study":
         return stamp(d.get("speed_stamp"))
+    if key == "training":
+        return stamp(d.get("machine"), None, _mtime(path))
     if key == "roofline":
         return f"analytic (no machine); written {_mtime(path)}"
     threads = {"encoder": "/".join(str(r.get("threads")) for r in d.get("rows", {}).values()),

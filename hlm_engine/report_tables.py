@@ -73,37 +73,21 @@ def study_costs(study: dict) -> str:
     return "\n".join(lines)
 
 
-def _pick(study: dict, **want) -> dict | None:
-    for c in study["cells"]:
-        s = c["settings"]
-        if all(s.get(k) == v for k, v in want.items()):
-            return c
-    return None
-
-
-def training_table(study: dict) -> str:
-    """The pipeline rows of the study: teacher, aligned, aligned + refined, direct asymmetric baseline."""
-    t = study["teacher"]
-    rows = [(f"teacher {t['name']}", t["metrics"], 1.0)]
-    base = dict(student="minilm", prune="", dim=0)
-    for label, c in (("student aligned (ℓ2)", _pick(study, objective="l2", refine=False, **base)),
-                     ("student aligned + refined", _pick(study, objective="l2", refine=True, **base)),
-                     ("baseline: direct asymmetric fine-tune (no alignment)", _pick(study, objective="none", **base))):
-        if c is not None:
-            steps = (f"{c['settings']['align_steps']} align steps" if c["settings"]["objective"] != "none" else "")
-            if c["settings"]["refine"]:
-                steps += (" + " if steps else "") + f"{c['settings']['refine_steps']} refine steps"
-            rows.append((f"{label}, {steps}", c["metrics"], c["recovery"]["R@100"]))
-    lines = ["| system | R@10 | R@100 | nDCG@10 | recovery R@100 |", "|---|---:|---:|---:|---:|"]
-    for name, m, rec in rows:
-        lines.append(f"| {name} | {m['R@10']:.3f} | {m['R@100']:.3f} | {m['nDCG@10']:.3f} | {rec:.3f} |")
+def demo_table(table: dict, order: list[str] | None = None) -> str:
+    """The demo's {system: {R@10, R@100, nDCG@10, MRR@10, rec R@100}} as Markdown, in pipeline order (JSON
+    files are written with sorted keys, so the demo records its row order separately)."""
+    lines = ["| system | R@10 | R@100 | nDCG@10 | MRR@10 | recovery R@100 |", "|---|---:|---:|---:|---:|---:|"]
+    for name in order or table:
+        m = table[name]
+        lines.append(f"| {name} | {m['R@10']:.3f} | {m['R@100']:.3f} | {m['nDCG@10']:.3f} | {m['MRR@10']:.3f} | "
+                     f"{m['rec R@100']:.3f} |")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------- benchmarks
 def encoder_table(enc: dict) -> str:
-    lines = ["| threads | system | queries/s (batch 64) | batch-1 p50 ms | batch-1 p99 ms | GFLOP/s b64 (of matmul probe) |",
-             "|---:|---|---:|---:|---:|---:|"]
+    lines = ["| threads | system | queries/s (batch 64) | batch-1 p50 ms | batch-1 p99 ms "
+             "| GFLOP/s b64 (of matmul probe) |", "|---:|---|---:|---:|---:|---:|"]
     tg = enc.get("targets", {})
     for key in sorted(enc["rows"], key=lambda k: enc["rows"][k].get("threads", 0)):
         r = enc["rows"][key]
@@ -170,7 +154,8 @@ def served_table(sv: dict) -> str:
             for br, er in zip(b["points"], e["points"]):
                 out.append(f"| {100 * er['load_fraction']:.0f}% | {br['throughput_qps']:.0f} | {br['p50_ms']:.0f} | "
                            f"{br['p99_ms']:.0f} | {er['throughput_qps']:.0f} | {er['p50_ms']:.0f} | {er['p99_ms']:.0f} "
-                           f"| {_f(er.get('mean_batch_size'), '.1f')} | {er['throughput_qps'] / br['throughput_qps']:.2f} "
+                           f"| {_f(er.get('mean_batch_size'), '.1f')} "
+                           f"| {er['throughput_qps'] / br['throughput_qps']:.2f} "
                            f"| {'yes' if er['p99_ms'] <= br['p99_ms'] else 'no'} |")
         else:
             out.append("| offered load | achieved q/s | × one-at-a-time | p50 ms | p99 ms |")
@@ -213,7 +198,7 @@ def pruning_table(pr: dict) -> str:
     b = pr.get("budget", {})
     hits = pr.get("target_met_by") or []
     return ("Re-alignment budget: " + ", ".join(f"{k} {v}" for k, v in b.items()) + "\n\n" + "\n".join(lines)
-            + f"\n\nTarget (≤ 1/3 layer compute, ≥ 95% R@100 recovery, ≥ 2.5× faster than the student and ≥ 10× "
+            + "\n\nTarget (≤ 1/3 layer compute, ≥ 95% R@100 recovery, ≥ 2.5× faster than the student and ≥ 10× "
               f"than the teacher): {'met by ' + ', '.join(hits) if hits else '**not met**'}.")
 
 
@@ -222,7 +207,8 @@ def roofline_table(rf: dict) -> str:
     rows = rf["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     shapes = [(1, 8), (1, 32), (64, 16)]
-    lines = ["| model | batch × tokens | " + " | ".join(f"{g} µs" for g in gpus) + " | H100 texts/s bound | kernels |",
+    lines = ["| model | batch × tokens | " + " | ".join(f"{g} µs" for g in gpus)
+             + " | H100 texts/s bound | kernels |",
              "|---|---|" + "---:|" * len(gpus) + "---:|---:|"]
     for m in models:
         for b, n in shapes:

@@ -40,6 +40,16 @@ DEFAULTS = dict(products=6000, train_queries=1500, dev_queries=400, log_queries=
 # MPNet's 12 layers trained (the backward through all 12 is most of a step's cost there; ~6 s/step). On
 # GPUs run `hlm train teacher` with its defaults (all layers, 3 negatives, batch 16+) instead.
 TEACHER_CPU_RECIPE = dict(batch_size=8, num_negatives=1, trainable_layers=4, lr=3e-5)
+
+
+def teacher_recipe(teacher: str) -> dict:
+    """TEACHER_CPU_RECIPE with the trained top layers capped at the teacher's depth."""
+    from hlm_engine.config import load_folder_config
+    from hlm_engine.models import resolve
+    depth = load_folder_config(resolve(teacher)).num_layers
+    return TEACHER_CPU_RECIPE | {"trainable_layers": min(TEACHER_CPU_RECIPE["trainable_layers"], depth)}
+
+
 FULL = dict(products=None, train_queries=None, dev_queries=None, log_queries=None, align_steps=3000,
             refine_steps=1000, teacher_steps=0)
 
@@ -83,6 +93,9 @@ def parse(argv):
     ap.add_argument("--teacher-steps", type=int, help="fine-tune the teacher first for this many steps (0 = off)")
     ap.add_argument("--no-baseline", action="store_true", help="skip direct asymmetric fine-tuning of the student")
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    ap.add_argument("--publish", default=None, metavar="JSON",
+                    help="also write the table, settings and machine stamp here (bench/results/training.json "
+                         "feeds `hlm report`)")
     a = ap.parse_args(argv)
     for k, v in (FULL if a.full else DEFAULTS).items():
         if getattr(a, k) is None:
@@ -111,7 +124,8 @@ def main(argv=None) -> int:
         t_dir = os.path.join(w, f"teacher-{sl}-s{a.teacher_steps}")
         logs["teacher"] = _phase("teacher fine-tune", t_dir, train_teacher,
                                  TeacherConfig(teacher=a.teacher, out_dir=t_dir, steps=a.teacher_steps,
-                                               base_corpus_dir=base_corpus, **TEACHER_CPU_RECIPE, **slice_kw))
+                                               base_corpus_dir=base_corpus, **teacher_recipe(a.teacher),
+                                               **slice_kw))
         rows["teacher (off the shelf)"] = logs["teacher"]["dev_before"]
         teacher = os.path.join(t_dir, "model")
     teacher_folder, _ = check_folder(teacher, "teacher")
@@ -192,8 +206,16 @@ def main(argv=None) -> int:
             extra = f", holdout ‖s−t‖² {lg['distance_before']:.3f} -> {lg['distance_after']:.3f}" \
                 if "distance_after" in lg else ""
             print(f"{k}: loss {lg['loss_first10']:.4f} -> {lg['loss_last10']:.4f}{extra}")
-    write_json(os.path.join(w, "results.json"), {"table": table, "serving": served, "rows": rows,
-                                                 "seconds": time.perf_counter() - t_start})
+    result = {"table": table, "order": list(table), "serving": served, "rows": rows, "seconds": time.perf_counter() - t_start,
+              "phase_seconds": {k: lg.get("seconds_this_run") for k, lg in logs.items()},
+              "sizes": {"products": len(train.doc_ids), "train_queries": len(pairs.query_texts),
+                        "dev_queries": int(teacher_row["queries"]), "log_queries": a.log_queries},
+              "settings": {k: v for k, v in vars(a).items() if k not in ("work_dir", "data_dir", "publish")}}
+    write_json(os.path.join(w, "results.json"), result)
+    if a.publish:
+        from hlm_engine.machine import machine_stamp
+        write_json(a.publish, result | {"machine": machine_stamp()})
+        print(f"[demo] published to {a.publish}")
     print(f"[demo] results in {w}/results.json ({time.perf_counter() - t_start:.0f} s)")
     return 0
 

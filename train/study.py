@@ -36,7 +36,7 @@ from hlm_engine.data import data_dir as resolve_data_dir
 from hlm_engine.eval import recovery
 from hlm_engine.io import read_json, write_json
 
-from .study_config import QWEN3_RANDOM, Cell, StudyConfig, StudySettings, stable_hash
+from .study_config import QWEN3_RANDOM, Cell, StudyConfig, stable_hash
 
 def _timed(fn) -> tuple[object, dict]:
     t, c = time.perf_counter(), time.process_time()
@@ -240,6 +240,7 @@ class Study:
         from .refine import RefineConfig, train_refine
         key = {"start": start_key, "teacher": self.s.teacher, "steps": c.refine_steps, "lr": c.refine_lr,
                "batch_size": c.refine_batch_size, "num_negatives": c.num_negatives, "direct": direct,
+               "align_weight": 0.0 if direct else c.refine_align_weight,
                "slice": self.slice_key}
 
         def run(d):
@@ -252,7 +253,9 @@ class Study:
                 lr=c.refine_lr, warmup_steps=min(20, c.refine_steps // 10), seed=self.s.seed, resume=True,
                 evaluate=False,
                 # A fresh 384->768 head next to a pretrained body needs a far larger step (as in the demo).
-                head_lr_mult=50.0 if direct else 1.0))
+                head_lr_mult=50.0 if direct else 1.0,
+                # The baseline has no alignment at all, so no ℓ2 anchor to the teacher's query vectors either.
+                align_weight=0.0 if direct else c.refine_align_weight))
         return self._phase("refine", key, run, needs=("docs", "train_query_dir"))
 
     def chain(self, c: Cell) -> list[tuple[str, dict]]:
@@ -365,8 +368,8 @@ class Study:
             teacher_folder = self.teacher[0]
             t_sum = model_identity(teacher_folder)["checksum"]
             t_eval = self.teacher_quality(0)
-            teacher = {"name": os.path.basename(teacher_folder.rstrip("/")), "metrics": t_eval["metrics"], "products": t_eval["products"],
-                       "params": count_params(teacher_folder), "checksum": t_sum}
+            teacher = {"name": os.path.basename(teacher_folder.rstrip("/")), "metrics": t_eval["metrics"],
+                       "products": t_eval["products"], "params": count_params(teacher_folder), "checksum": t_sum}
             models = {"teacher": (teacher_folder, t_sum)} | {c["name"]: (c["model"], c["checksum"]) for c in cells}
             speed = cached_speed(self, models)
         finally:

@@ -66,6 +66,8 @@ class Cell:
     refine_lr: float = 2e-5
     refine_batch_size: int = 32
     num_negatives: int = 7              # mined hard negatives per query in refinement
+    refine_align_weight: float = 1.0    # ℓ2 anchor to the teacher's query vectors in refinement (0 = off;
+    #                                     the direct fine-tuning baseline never has one)
     prune: str = ""                     # progressive prune -> re-align schedule after alignment, e.g. "4x1536,3x1024"
     prune_align_steps: int = 150        # ℓ2 re-alignment steps after each pruning step
     dim: int = 0                        # 0: the teacher's width; k: Matryoshka truncation of both sides to k

@@ -3,7 +3,6 @@ end to end (align -> prune -> refine; a Qwen3-architecture student built from ou
 dim), a second run computes nothing, `hlm report` renders REPORT.md with its plots and rewrites the README
 block; bad config input fails early with a message naming the problem."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -98,11 +97,14 @@ def test_study_runs_caches_and_reports(tiny_models, tmp_path, monkeypatch):
     qcfg = load_folder_config(qwen["model"])
     assert qcfg.arch == "qwen3" and qcfg.vocab_size == 151669 and qcfg.output_dim == 96
 
+    again = Study(cfg, work, progress=False, remeasure=True).run()  # --remeasure: only the timing reruns
+    assert [x.split(":")[0] for x in again["computed_this_run"]] == ["speed"]
+
     _forbid(monkeypatch)
     second = Study(load_config(str(tmp_path / "tiny.toml")), work, progress=False).run()
     assert second["computed_this_run"] == []
-    for a, b in zip(first["cells"], second["cells"]):
-        assert a["metrics"] == b["metrics"] and a["speed"] == b["speed"]
+    for a, b, c in zip(first["cells"], second["cells"], again["cells"]):
+        assert a["metrics"] == b["metrics"] == c["metrics"] and b["speed"] == c["speed"]
 
     # The report: the study's tables and plots, "not measured yet" for the benchmark files that are absent.
     results = tmp_path / "results"
@@ -163,3 +165,23 @@ def test_bad_config_input(tiny_models, tmp_path, capsys):
     assert cfg.settings.threads == 2
     with pytest.raises(ValueError, match="prune = '4by2'"):
         load_config(_config(tiny_models, tmp_path / "prune.toml", '\n[[cell]]\nname = "x"\nprune = "4by2"\n'))
+
+
+def test_demo_publishes_the_training_table_for_the_report(tiny_models, tmp_path):
+    """`make demo --publish` writes the pipeline table; `hlm report` renders it as the training section."""
+    from hlm_engine.train import demo
+    results = tmp_path / "results"
+    results.mkdir()
+    out = results / "training.json"
+    assert demo.main(["--work-dir", str(tmp_path / "demo"), "--teacher", tiny_models["teacher"],
+                      "--student", tiny_models["student"], "--align-steps", "3", "--refine-steps", "2",
+                      "--log-queries", "96", "--teacher-steps", "2", "--publish", str(out)]) == 0
+    d = json.loads(out.read_text())
+    names = d["order"]
+    assert names[0] == "teacher (off the shelf)" and "student aligned + refined" in names
+    assert set(names) == set(d["table"])
+    assert d["machine"]["torch"] and d["sizes"]["products"] > 0 and d["phase_seconds"]["align"] > 0
+    assert hlm(["report", "--results-dir", str(results)]) == 0
+    report = (results / "REPORT.md").read_text()
+    sec = report[report.index("Training: teacher → align → refine"):]
+    assert "| student aligned + refined |" in sec and "Served through the engine" in sec
