@@ -1,7 +1,7 @@
 """Load generation for bench/test_served_load.py, in the benchmark's own process (the server is another
 process: `served_load_server.py`), over `hlm_engine.socket_server`'s wire format.
 
-    srv = ServerProcess("engine", threads=2, socket_path=..., max_batch_tokens=...)   # waits for READY
+    srv = ServerProcess("engine", threads=2, socket_path=..., workers=1).wait_ready()
     thr = closed_loop(srv.path, texts)                       # everything queued at once: capacity (q/s)
     lat = ping_pong(srv.path, texts)                         # one request in flight: service time (s)
     res = open_loop(srv.path, texts, rate=300, seconds=6)    # Poisson arrivals from many client threads
@@ -33,16 +33,21 @@ SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "served_load_s
 
 class ServerProcess:
     def __init__(self, mode: str, threads: int, socket_path: str, env: dict | None = None, **engine_cfg):
+        """`engine_cfg`: served_load_server.py flags (max_batch_tokens=..., workers=...)."""
         args = [sys.executable, SERVER, "--mode", mode, "--threads", str(threads), "--socket", socket_path]
         for k, v in engine_cfg.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
-        self.path = socket_path
+        self.path, self.mode = socket_path, mode
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
+
+    def wait_ready(self) -> "ServerProcess":
+        """Block until the server printed READY (model loaded, warm, listening)."""
         line = self.proc.stdout.readline()
         if line.strip() != "READY":
             self.proc.kill()
-            raise RuntimeError(f"{mode} server failed to start (got {line!r}; rc={self.proc.poll()})")
+            raise RuntimeError(f"{self.mode} server failed to start (got {line!r}; rc={self.proc.poll()})")
+        return self
 
     def metrics(self) -> dict:
         self.proc.stdin.write("metrics\n")

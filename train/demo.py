@@ -35,7 +35,7 @@ from .teacher import TeacherConfig, finetuned_corpus_dir, prepare, train_teacher
 # there, so the corpus slice (all products judged for the chosen dev queries + train positives +
 # distractors) and the query-log size dominate the budget.
 DEFAULTS = dict(products=6000, train_queries=1500, dev_queries=400, log_queries=8000, align_steps=500,
-                refine_steps=150, teacher_steps=0)
+                refine_steps=150, teacher_steps=150)
 # The teacher fine-tune on 2 CPU cores: small batches, one mined negative each, and only the top 4 of
 # MPNet's 12 layers trained (the backward through all 12 is most of a step's cost there; ~6 s/step). On
 # GPUs run `hlm train teacher` with its defaults (all layers, 3 negatives, batch 16+) instead.
@@ -51,7 +51,7 @@ def teacher_recipe(teacher: str) -> dict:
 
 
 FULL = dict(products=None, train_queries=None, dev_queries=None, log_queries=None, align_steps=3000,
-            refine_steps=1000, teacher_steps=0)
+            refine_steps=1000, teacher_steps=600)
 
 
 def _done(out_dir: str) -> dict | None:
@@ -76,6 +76,17 @@ def _phase(name: str, out_dir: str, fn, cfg) -> dict:
     return log
 
 
+def _titles_tsv(w: str, sl: str, rs) -> str:
+    """The corpus slice's (id, title) as a TSV for alignment: their teacher vectors are the index input."""
+    from hlm_engine.io import atomic_path
+    path = os.path.join(w, f"titles-{sl}.tsv")
+    if not os.path.exists(path):  # raw lines: read_tsv reads QUOTE_NONE, so quotes in titles stay as they are
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write("id\ttext\n")
+            f.writelines(f"{i}\t{' '.join(t.split())}\n" for i, t in zip(rs.doc_ids, rs.doc_texts))
+    return path
+
+
 def parse(argv):
     ap = argparse.ArgumentParser(prog="python -m hlm_engine.train.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +102,9 @@ def parse(argv):
     ap.add_argument("--align-steps", type=int)
     ap.add_argument("--refine-steps", type=int)
     ap.add_argument("--teacher-steps", type=int, help="fine-tune the teacher first for this many steps (0 = off)")
+    ap.add_argument("--no-align-titles", action="store_true",
+                    help="align on the query log only (default: the ad titles too, with their cached teacher "
+                         "vectors)")
     ap.add_argument("--no-baseline", action="store_true", help="skip direct asymmetric fine-tuning of the student")
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     ap.add_argument("--publish", default=None, metavar="JSON",
@@ -164,12 +178,15 @@ def main(argv=None) -> int:
 
     # 3. align on the query log (teacher targets cached), 4. refine against the frozen corpus vectors.
     lq = a.log_queries or "all"
-    align_dir = os.path.join(w, f"align-{tag}-q{lq}-s{a.align_steps}")
+    titles = "" if a.no_align_titles else f"-titles-{sl}"
+    align_dir = os.path.join(w, f"align-{tag}-q{lq}-s{a.align_steps}{titles}")
     refine_dir = os.path.join(w, f"refine-{tag}-{sl}-q{lq}-s{a.align_steps}-s{a.refine_steps}-a{RefineConfig.align_weight}")
     base_dir = os.path.join(w, f"baseline-{tag}-{sl}-s{a.refine_steps}")
     logs["align"] = _phase("align", align_dir, train_align, AlignConfig(
         student=a.student, teacher=teacher_folder, data_dir=ddir, out_dir=align_dir, max_queries=a.log_queries,
-        steps=a.align_steps, targets_dir=os.path.join(w, f"log-targets-{tag}-q{lq}")))
+        steps=a.align_steps, targets_dir=os.path.join(w, f"log-targets-{tag}-q{lq}"),
+        extra_texts_file=None if a.no_align_titles else _titles_tsv(w, sl, train),
+        extra_targets_dir=None if a.no_align_titles else corpus_dir))
     row("student aligned", align_dir, lambda: quality(os.path.join(align_dir, "model")))
     refine_kw = dict(teacher=teacher_folder, doc_embeddings=corpus_dir, steps=a.refine_steps, evaluate=False,
                      **slice_kw)

@@ -140,3 +140,17 @@ def test_refine_alignment_anchor_keeps_student_near_teacher(tiny_models, tmp_pat
     assert dist(str(tmp_path / "anchored" / "model")) < dist(str(tmp_path / "plain" / "model"))
     with pytest.raises(ValueError, match="align_weight"):
         train_refine(_refine_cfg(tiny_models, start, tmp_path / "neg", align_weight=-1.0))
+
+
+def test_align_on_extra_texts(tiny_models, tmp_path):
+    """Extra (id, text) rows are regressed alongside the log, with their teacher vectors cached by id."""
+    tsv = tmp_path / "titles.tsv"
+    tsv.write_text("id\ttext\n" + "".join(f"p{i}\t{t} \"{i}\" in.\n" for i, t in enumerate(QUERIES * 5)))
+    log = train_align(_align_cfg(tiny_models, tmp_path / "out", steps=4, extra_texts_file=str(tsv),
+                                 extra_targets_dir=str(tmp_path / "extra_targets")))
+    assert log["finished"] and log["extra_texts"] == 20
+    assert os.path.exists(tmp_path / "extra_targets" / "manifest.json")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("id\ttitle\np1\tdrill\n")
+    with pytest.raises(ValueError, match="text"):
+        train_align(_align_cfg(tiny_models, tmp_path / "bad_out", steps=1, extra_texts_file=str(bad)))
