@@ -14,6 +14,7 @@ Budgets are env vars (small defaults for a shared 2-core machine; the paper-scal
     HLM_BENCH_ALIGN_STEPS (60)  HLM_BENCH_INITIAL_ALIGN_STEPS (150)  HLM_BENCH_REFINE_STEPS (0 = off)
     HLM_BENCH_MAX_QUERIES (3000)  HLM_BENCH_DEV_QUERIES (300; 0 = all 1,163)  HLM_BENCH_MAX_PRODUCTS (4000)
     HLM_BENCH_TRAIN_QUERIES (800)  HLM_BENCH_LATENCY_QUERIES (100)  HLM_BENCH_THROUGHPUT_QUERIES (256)
+    HLM_BENCH_ALIGN_TITLES (1: re-align on the corpus slice's titles too, their teacher vectors are cached)
     HLM_BENCH_THREADS (1; 0 = torch default)  HLM_BENCH_WORK (~/.cache/hlm/bench_pruning: the run and its caches; a rerun resumes it)
 Refinement with a dev subset: the refine phase slices its own corpus (all dev-judged products + train
 positives), a second, larger teacher encoding — so the small default leaves it off; set
@@ -49,7 +50,8 @@ def _budget():
                 max_dev_queries=_env_int("HLM_BENCH_DEV_QUERIES", 300),
                 max_queries=_env_int("HLM_BENCH_MAX_QUERIES", 3000),
                 max_products=_env_int("HLM_BENCH_MAX_PRODUCTS", 4000),
-                max_train_queries=_env_int("HLM_BENCH_TRAIN_QUERIES", 800))
+                max_train_queries=_env_int("HLM_BENCH_TRAIN_QUERIES", 800),
+                align_on_titles=bool(_env_int("HLM_BENCH_ALIGN_TITLES", 1)))
 
 
 def _speed(models: dict, queries: list[str], rounds: int = 2, batch: int = 64, n_big: int = 256) -> dict:
@@ -122,7 +124,7 @@ def test_pruning_pareto(benchmark, data_dir):
         align_steps=b["align_steps"], initial_align_steps=b["initial_align_steps"], max_queries=b["max_queries"],
         calibration_queries=512, evaluate=True, max_products=b["max_products"],
         max_train_queries=b["max_train_queries"], max_dev_queries=b["max_dev_queries"] or None,
-        refine_every_step=refine, refine_steps=max(1, b["refine_steps"]),
+        refine_every_step=refine, refine_steps=max(1, b["refine_steps"]), align_on_titles=b["align_on_titles"],
         save_every=50, resume=True))
     train_s = time.perf_counter() - t0
 

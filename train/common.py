@@ -105,3 +105,14 @@ def subset_queries(rs: RetrievalSet, rows: np.ndarray) -> RetrievalSet:
 
 def cache_dir(out_dir: str, *parts: str) -> str:
     return os.path.join(out_dir, "cache", *parts)
+
+
+def write_texts_tsv(path: str, ids: list[str], texts: list[str]) -> str:
+    """(id, text) rows as a TSV for `AlignConfig.extra_texts_file`, written once (atomic). Raw lines with
+    whitespace collapsed: `read_tsv` reads QUOTE_NONE, so quotes inside titles stay as they are."""
+    from hlm_engine.io import atomic_path
+    if not os.path.exists(path):
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write("id\ttext\n")
+            f.writelines(f"{i}\t{' '.join(t.split())}\n" for i, t in zip(ids, texts))
+    return path

@@ -25,7 +25,7 @@ from hlm_engine.eval import format_table, recovery
 from hlm_engine.io import write_json
 
 from .align import AlignConfig, train_align
-from .common import check_folder, load_encoder
+from .common import check_folder, load_encoder, write_texts_tsv
 from .data import DEFAULT_THRESHOLD
 from .embed import cached_encode, retrieval_quality
 from .refine import RefineConfig, train_refine
@@ -74,17 +74,6 @@ def _phase(name: str, out_dir: str, fn, cfg) -> dict:
     log = fn(cfg)
     print(f"[demo] {name}: done in {time.perf_counter() - t:.0f} s")
     return log
-
-
-def _titles_tsv(w: str, sl: str, rs) -> str:
-    """The corpus slice's (id, title) as a TSV for alignment: their teacher vectors are the index input."""
-    from hlm_engine.io import atomic_path
-    path = os.path.join(w, f"titles-{sl}.tsv")
-    if not os.path.exists(path):  # raw lines: read_tsv reads QUOTE_NONE, so quotes in titles stay as they are
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write("id\ttext\n")
-            f.writelines(f"{i}\t{' '.join(t.split())}\n" for i, t in zip(rs.doc_ids, rs.doc_texts))
-    return path
 
 
 def parse(argv):
@@ -185,7 +174,8 @@ def main(argv=None) -> int:
     logs["align"] = _phase("align", align_dir, train_align, AlignConfig(
         student=a.student, teacher=teacher_folder, data_dir=ddir, out_dir=align_dir, max_queries=a.log_queries,
         steps=a.align_steps, targets_dir=os.path.join(w, f"log-targets-{tag}-q{lq}"),
-        extra_texts_file=None if a.no_align_titles else _titles_tsv(w, sl, train),
+        extra_texts_file=None if a.no_align_titles else write_texts_tsv(
+            os.path.join(w, f"titles-{sl}.tsv"), train.doc_ids, train.doc_texts),
         extra_targets_dir=None if a.no_align_titles else corpus_dir))
     row("student aligned", align_dir, lambda: quality(os.path.join(align_dir, "model")))
     refine_kw = dict(teacher=teacher_folder, doc_embeddings=corpus_dir, steps=a.refine_steps, evaluate=False,

@@ -38,7 +38,7 @@ from hlm_engine.io import write_json
 
 from . import prune as P
 from .align import AlignConfig, distance, load_queries, train_align
-from .common import cache_dir, check_folder, load_encoder
+from .common import cache_dir, check_folder, load_encoder, write_texts_tsv
 from .embed import cached_encode, retrieval_quality
 
 
@@ -58,6 +58,10 @@ class ProgressiveConfig:
     warmup_steps: int = 25
     max_queries: int | None = 20000         # log queries used for alignment (None = the whole log)
     holdout: int = 512                      # held-out log queries: distance to the teacher
+    extra_texts_file: str | None = None     # more (id, text) rows to re-align on, e.g. ad titles (see align.py)
+    extra_targets_dir: str | None = None    # their teacher vectors (an encode_corpus folder)
+    align_on_titles: bool = False           # re-align on the dev corpus slice's titles too (needs evaluate):
+    #                                         their teacher vectors are already cached for the dev check
     max_length: int | None = 64
     calibration_queries: int = 1024         # real log queries (training part) scoring layers and units
     width_multiple: int = 64                # kept FFN widths are multiples of this (full GEMM tiles)
@@ -153,8 +157,8 @@ class _DevEval:
             dev = subset_queries(dev, choose_queries(len(dev.query_ids), cfg.max_dev_queries, cfg.seed))
             self.dev = restrict(dev, corpus_rows(dev, judged_ids(dev), cfg.max_products, cfg.seed))
             ids, texts, cache = self.dev.doc_ids, self.dev.doc_texts, f"teacher_dev_corpus_{cfg.max_dev_queries}"
-        self.docs = cached_encode(teacher_folder, texts, cache_dir(cfg.out_dir, cache), ids=ids, batch_size=64,
-                                  show_progress=False)
+        self.doc_ids, self.doc_texts, self.cache = ids, texts, cache_dir(cfg.out_dir, cache)
+        self.docs = cached_encode(teacher_folder, texts, self.cache, ids=ids, batch_size=64, show_progress=False)
         tq = cached_encode(teacher_folder, self.dev.queries, cache_dir(cfg.out_dir, f"{cache}_queries"),
                            batch_size=cfg.encode_batch_size, show_progress=False)
         self.teacher = self._score(tq)
@@ -179,7 +183,8 @@ def _align_cfg(cfg: ProgressiveConfig, student: str, out_dir: str, steps: int) -
                        max_queries=cfg.max_queries, holdout=cfg.holdout, max_length=cfg.max_length, steps=steps,
                        batch_size=cfg.batch_size, lr=cfg.align_lr, warmup_steps=_warmup(cfg.warmup_steps, steps),
                        seed=cfg.seed, save_every=cfg.save_every, resume=cfg.resume,
-                       encode_batch_size=cfg.encode_batch_size)
+                       encode_batch_size=cfg.encode_batch_size, extra_texts_file=cfg.extra_texts_file,
+                       extra_targets_dir=cfg.extra_targets_dir)
 
 
 def _refine(cfg: ProgressiveConfig, student: str, out_dir: str) -> dict:
@@ -243,6 +248,11 @@ def run_progressive(cfg: ProgressiveConfig) -> dict:
     dev = _DevEval(cfg, teacher_folder) if cfg.evaluate else None
     if dev is not None:
         state["teacher"] = {"dev": dev.teacher, "products": dev.products}
+    if cfg.align_on_titles:
+        if dev is None:
+            raise ValueError("align_on_titles needs evaluate=True (it aligns on the dev corpus slice's titles)")
+        cfg.extra_texts_file = write_texts_tsv(os.path.join(cfg.out_dir, "titles.tsv"), dev.doc_ids, dev.doc_texts)
+        cfg.extra_targets_dir = dev.cache
     entries = state["steps"]
 
     def save():

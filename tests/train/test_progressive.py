@@ -111,3 +111,15 @@ def test_uniform_pruned_bert_is_a_transformers_folder(student, tmp_path):
         ours = small.model(pack([ids]))
         theirs = hf(input_ids=torch.tensor([ids])).last_hidden_state[0]
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=2e-5, rtol=0)
+
+
+def test_progressive_realigns_on_corpus_titles(student, tiny_models, tmp_path):
+    state = run_progressive(_cfg(student, tiny_models["teacher"], tmp_path / "t", schedule=[(2, 128)],
+                                 refine=False, align_on_titles=True))
+    assert state["finished"]
+    titles = (tmp_path / "t" / "titles.tsv").read_text().splitlines()
+    assert titles[0] == "id\ttext" and len(titles) == state["teacher"]["products"] + 1
+    log = json.load(open(tmp_path / "t" / "step1" / "align" / "run_log.json"))
+    assert log["extra_texts"] == state["teacher"]["products"]
+    with pytest.raises(ValueError, match="align_on_titles needs evaluate"):
+        run_progressive(_cfg(student, tiny_models["teacher"], tmp_path / "u", evaluate=False, align_on_titles=True))
