@@ -54,26 +54,11 @@ def _budget():
                 align_on_titles=bool(_env_int("HLM_BENCH_ALIGN_TITLES", 1)))
 
 
-def _speed(models: dict, queries: list[str], rounds: int = 2, batch: int = 64, n_big: int = 256) -> dict:
-    """Per model: batch-1 p50/p90 latency (ms, over every query of every round) and batch-64 throughput
-    (queries/s, best round). Rounds interleave the models so machine load hits them alike."""
-    lat = {k: [] for k in models}
-    thr = {k: [] for k in models}
+def _speed(models: dict, queries: list[str], rounds: int = 2, n_big: int = 256) -> dict:
+    """Per model: batch-1 p50/p90 latency and batch-64 throughput, interleaved rounds (the study's timer)."""
+    from hlm_engine.train.study_speed import measure
     big = (queries * (1 + n_big // max(1, len(queries))))[:n_big]
-    for enc in models.values():  # warm-up: first-call allocations and thread-pool start
-        enc.encode(queries[:4], batch_size=1)
-        enc.encode(big[:batch], batch_size=batch)
-    for _ in range(rounds):
-        for name, enc in models.items():
-            for q in queries:
-                t = time.perf_counter()
-                enc.encode([q], batch_size=1)
-                lat[name].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            enc.encode(big, batch_size=batch)
-            thr[name].append(len(big) / (time.perf_counter() - t))
-    return {k: {"p50_ms": 1e3 * float(np.median(lat[k])), "p90_ms": 1e3 * float(np.percentile(lat[k], 90)),
-                "qps_b64": float(max(thr[k]))} for k in models}
+    return measure(models, queries, big, rounds, progress=False)
 
 
 def _plot(rows: dict, path: str) -> None:

@@ -103,29 +103,43 @@ def measure_all(queries) -> dict:
     return out
 
 
-def compare(engine: dict, base: dict) -> dict:
-    """Per load point: throughput and p99 against the baseline's point at the same fraction of capacity."""
+def compare(engine: dict, base: dict) -> tuple[list, dict | None]:
+    """Adds throughput and p99 against the baseline's point at the same fraction of capacity to each engine
+    point; returns the points and the highest load meeting the target (or None)."""
     rows = []
     for b, e in zip(base["points"], engine["points"]):
-        r = {"load_fraction": e["load_fraction"], "throughput_vs_baseline": round(e["throughput_qps"] /
-                                                                                b["throughput_qps"], 2),
-             "p99_ms": e["p99_ms"], "baseline_p99_ms": b["p99_ms"], "p99_vs_baseline": round(e["p99_ms"] /
-                                                                                              b["p99_ms"], 3)}
-        r["meets_target"] = bool(r["load_fraction"] < 1.0 and r["throughput_vs_baseline"] >= TARGET_RATIO
+        e = dict(e, throughput_vs_baseline=round(e["throughput_qps"] / b["throughput_qps"], 2),
+                 p99_vs_baseline=round(e["p99_ms"] / b["p99_ms"], 3))
+        e["meets_target"] = bool(e["load_fraction"] < 1.0 and e["throughput_vs_baseline"] >= TARGET_RATIO
                                  and e["p99_ms"] <= b["p99_ms"])
-        rows.append(r)
-    ok = [r for r in rows if r["meets_target"]]
-    return {"points": rows, "capacity_ratio": round(engine["capacity_qps"] / base["capacity_qps"], 2),
-            "best_point_meeting_target": max(ok, key=lambda r: r["load_fraction"]) if ok else None,
-            "meets_target": bool(ok)}
+        rows.append(e)
+    return rows, max((r for r in rows if r["meets_target"]), key=lambda r: r["load_fraction"], default=None)
 
 
 def baseline_for(name: str, servers: dict) -> str:
+    """The faster (by capacity) one-at-a-time server using at most as many cores as engine `name`."""
     cands = [n for n in servers if SERVERS[n]["mode"] == "serial" and CORES[n] <= CORES[name]]
     return max(cands, key=lambda n: servers[n]["capacity_qps"])
 
 
-def plot(servers, comparisons, path):
+def runs_from(servers: dict) -> list[dict]:
+    """One run per engine, paired with its baseline (the layout `hlm report` reads)."""
+    runs = []
+    for n, e in servers.items():
+        if SERVERS[n]["mode"] != "engine":
+            continue
+        b = baseline_for(n, servers)
+        points, best = compare(e, servers[b])
+        cfg = SERVERS[n]
+        label = cfg["threads"] if cfg["workers"] == 1 else f"{cfg['workers']} workers × {cfg['threads']}"
+        runs.append({"torch_threads": label, "cores": CORES[n], "engine_name": n, "baseline_name": b,
+                     "baseline": servers[b], "engine": dict(e, points=points),
+                     "capacity_ratio": round(e["capacity_qps"] / servers[b]["capacity_qps"], 2),
+                     "best_point_meeting_target": best, "meets_target": best is not None})
+    return runs
+
+
+def plot(servers, runs, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -137,8 +151,8 @@ def plot(servers, comparisons, path):
               "engine, 2 workers x 1 thread": "tab:green"}
     for j, cores in enumerate((1, 2)):
         top, bot = axes[0, j], axes[1, j]
-        names = [c["engine"] for c in comparisons if CORES[c["engine"]] == cores]
-        names = sorted({c["baseline"] for c in comparisons if c["engine"] in names}) + names
+        engines = [r["engine_name"] for r in runs if r["cores"] == cores]
+        names = [n for n in servers if SERVERS[n]["mode"] == "serial" and CORES[n] <= cores] + engines
         for n in names:
             rows = servers[n]["points"]
             x = [100 * r["load_fraction"] for r in rows]
@@ -146,8 +160,8 @@ def plot(servers, comparisons, path):
             top.plot(x, [r["p99_ms"] for r in rows], "s--", color=colors[n], label=f"{n}: p99")
             bot.plot([r["throughput_qps"] for r in rows], [r["p99_ms"] for r in rows], "s--", color=colors[n],
                      label=n)
-        base = [servers[n]["capacity_qps"] for n in names if SERVERS[n]["mode"] == "serial"]
-        bot.axvline(TARGET_RATIO * max(base), color="tab:red", ls=":", label=f"{TARGET_RATIO:g}x one-at-a-time capacity")
+        base = max(servers[n]["capacity_qps"] for n in names if SERVERS[n]["mode"] == "serial")
+        bot.axvline(TARGET_RATIO * base, color="tab:red", ls=":", label=f"{TARGET_RATIO:g}x one-at-a-time capacity")
         top.set(xlabel="offered load (% of each server's own capacity)", ylabel="latency (ms)", yscale="log",
                 title=f"{cores} core(s): latency vs offered load")
         bot.set(xlabel="achieved throughput (queries/s)", ylabel="p99 latency (ms)", yscale="log",
@@ -165,36 +179,34 @@ def plot(servers, comparisons, path):
 def test_served_load(benchmark, bench_queries, machine_info, write_result):
     load_before = machine_info()["loadavg_1_5_15"]
     servers = benchmark.pedantic(measure_all, args=(list(bench_queries),), rounds=1, iterations=1)
-    comparisons = []
-    for n in servers:
-        if SERVERS[n]["mode"] == "engine":
-            b = baseline_for(n, servers)
-            comparisons.append({"engine": n, "baseline": b, **compare(servers[n], servers[b])})
-    met = [c["engine"] for c in comparisons if c["meets_target"]]
-    out = {"model": "all-MiniLM-L6-v2", "clients": CLIENTS, "seconds_per_point": POINT_S,
-           "transport": "Unix socket, length-prefixed frames (hlm_engine.socket_server); each server in its "
-                        "own process, the open-loop load generator in the benchmark's process",
-           "target": f">= {TARGET_RATIO:g}x baseline throughput at p99 <= baseline p99, both at the same "
-                     f"fraction (< 1) of their own capacity",
-           "servers": servers, "comparisons": comparisons, "meets_target": bool(met),
-           "engines_meeting_target": met, "machine": {**machine_info(), "loadavg_before_1_5_15": load_before}}
+    runs = runs_from(servers)
+    met = [r["engine_name"] for r in runs if r["meets_target"]]
+    out = {"model": "all-MiniLM-L6-v2", "clients": CLIENTS, "seconds_per_point": POINT_S, "engine": BATCHING,
+           "command": "HLM_DATA_DIR=../shared/data .venv/bin/python -m pytest bench/test_served_load.py "
+                      "--benchmark-only -s",
+           "transport": "each server in its own process behind one Unix-socket front-end "
+                        "(hlm_engine.socket_server), the load generator in another",
+           "target": f"≥ {TARGET_RATIO:g}× one-at-a-time throughput at p99 ≤ its p99, both at the same fraction "
+                     f"(< 100%) of their own capacity; baseline: the faster one-at-a-time server on as many cores",
+           "runs": runs, "meets_target": bool(met), "engines_meeting_target": met,
+           "machine": {**machine_info(), "loadavg_before_1_5_15": load_before}}
     path = write_result("served_load", out)
     png = os.path.join(os.path.dirname(path), "served_load.png")
-    plot(servers, comparisons, png)
+    plot(servers, runs, png)
     benchmark.extra_info.update({"meets_target": out["meets_target"]})
     print()
     for n, s in servers.items():
         print(f"{n:>30}: service p50 {s['service_p50_ms']:5.1f} p99 {s['service_p99_ms']:5.1f} ms, "
               f"capacity {s['capacity_qps']:4.0f} q/s")
-    for c in comparisons:
-        e, b = servers[c["engine"]], servers[c["baseline"]]
-        print(f"\n[{c['engine']}] vs [{c['baseline']}]: capacity {c['capacity_ratio']:.2f}x")
+    for run in runs:
+        e, b = run["engine"], run["baseline"]
+        print(f"\n[{run['engine_name']}] vs [{run['baseline_name']}]: capacity {run['capacity_ratio']:.2f}x")
         print(f"{'load':>5} | {'base q/s':>8} {'p50':>7} {'p99':>7} | {'eng q/s':>8} {'p50':>7} {'p99':>7} "
               f"{'batch':>6} | {'x thr':>6} {'p99 ok':>6}")
-        for br, er, cr in zip(b["points"], e["points"], c["points"]):
+        for br, er in zip(b["points"], e["points"]):
             print(f"{br['load_fraction']:5.2f} | {br['throughput_qps']:8.0f} {br['p50_ms']:7.1f} "
                   f"{br['p99_ms']:7.1f} | {er['throughput_qps']:8.0f} {er['p50_ms']:7.1f} {er['p99_ms']:7.1f} "
-                  f"{er['mean_batch_size']:6.1f} | {cr['throughput_vs_baseline']:6.2f} "
+                  f"{er['mean_batch_size']:6.1f} | {er['throughput_vs_baseline']:6.2f} "
                   f"{str(er['p99_ms'] <= br['p99_ms']):>6}")
     print(f"\nmeets target: {out['meets_target']} {met}; load average {load_before} -> "
           f"{out['machine']['loadavg_1_5_15']}")

@@ -2,14 +2,16 @@
 real models — teacher all-mpnet-base-v2 (768-d) encodes the ads offline, student all-MiniLM-L6-v2 (384-d)
 is aligned to it and serves queries online.
 
-    (teacher fine-tune, optional) -> encode corpus with the teacher -> build the ANN index
-    -> align the student on the query log -> refine it against the frozen index -> baselines
+    teacher fine-tune (top 4 layers on CPU; --teacher-steps 0 skips it) -> encode corpus with the teacher
+    -> build the ANN index -> align the student on the query log and the ad titles -> refine it against
+    the frozen index (InfoNCE + an l2 anchor) -> baselines
     -> serve the dev queries through the student (engine + index) -> quality table + latency/throughput
 
 Every step caches its result under --work-dir (default ./runs/demo) and is skipped when done, so a second
 run only prints. Data: $HLM_DATA_DIR (or --data-dir), else the packaged sample set. Default sizes (a corpus
 slice: every dev-judged product and every positive of the chosen train queries plus random distractors)
-take ~15 min on 2 CPU cores; --full uses every product, train query and log query with longer training.
+take ~30 min on 2 idle CPU cores (see DEFAULTS); --full uses every product, train query and log query
+with longer training.
 Quality is exact top-100 search over the teacher's corpus vectors, Recall@K with relevance >= 2.67.
 """
 from __future__ import annotations
@@ -31,11 +33,14 @@ from .embed import cached_encode, retrieval_quality
 from .refine import RefineConfig, train_refine
 from .teacher import TeacherConfig, finetuned_corpus_dir, prepare, train_teacher
 
-# Sized for ~15 min on 2 CPU cores: the teacher (MPNet, fp32) encodes product titles at only ~30-60/s
-# there, so the corpus slice (all products judged for the chosen dev queries + train positives +
-# distractors) and the query-log size dominate the budget.
-DEFAULTS = dict(products=6000, train_queries=1500, dev_queries=400, log_queries=8000, align_steps=500,
-                refine_steps=150, teacher_steps=150)
+# Sized for 2 CPU cores: the teacher (MPNet, fp32) encodes product titles at only ~30-60/s there, so the
+# corpus slice (all products judged for the chosen dev queries + train positives + distractors: 6,455) and
+# the query log dominate encoding; 1,200 alignment steps (~0.65 s each on 2 idle cores) dominate training.
+# Measured: 43 min of phases on a shared, loaded box at 1 thread; ~30 min expected on 2 idle cores. These
+# defaults are the recipe behind the README's training table (aligned + refined: 100% of the fine-tuned
+# teacher's Recall@100); --align-steps 500 --refine-steps 150 is a ~20-minute look at lower quality.
+DEFAULTS = dict(products=6000, train_queries=1500, dev_queries=400, log_queries=8000, align_steps=1200,
+                refine_steps=400, teacher_steps=150)
 # The teacher fine-tune on 2 CPU cores: small batches, one mined negative each, and only the top 4 of
 # MPNet's 12 layers trained (the backward through all 12 is most of a step's cost there; ~6 s/step). On
 # GPUs run `hlm train teacher` with its defaults (all layers, 3 negatives, batch 16+) instead.
