@@ -11,7 +11,7 @@ from hlm_engine import cpu_linear
 pytestmark = pytest.mark.skipif(not cpu_linear._ENABLED, reason="oneDNN (mkldnn) not available in this torch")
 
 
-@pytest.mark.parametrize("rows", [1, 7, 64, 300])
+@pytest.mark.parametrize("rows", [1, 7, 64, 300])  # 300: above _MAX_ROWS, the F.linear path
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 def test_matches_f_linear(rows, activation):
     g = torch.Generator().manual_seed(rows)
@@ -20,7 +20,7 @@ def test_matches_f_linear(rows, activation):
     ref = F.linear(x, lin.weight, lin.bias)
     ref = F.gelu(ref) if activation == "gelu" else ref
     with torch.inference_mode():
-        assert cpu_linear.usable(x, lin.weight)
+        assert cpu_linear.usable(x, lin.weight) == (rows <= cpu_linear._MAX_ROWS)
         out = cpu_linear.linear(x, lin.weight, lin.bias, activation)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     with torch.inference_mode():  # no bias
