@@ -48,8 +48,7 @@ SERVERS = {
     "engine, 2 threads": dict(mode="engine", threads=2, workers=1, **BATCHING),
     "engine, 2 workers x 1 thread": dict(mode="engine", threads=1, workers=2, **BATCHING),
 }
-CORES = {"one at a time, 1 thread": 1, "one at a time, 2 threads": 2, "engine, 1 thread": 1,
-         "engine, 2 threads": 2, "engine, 2 workers x 1 thread": 2}
+CORES = {n: c["threads"] * c.get("workers", 1) for n, c in SERVERS.items()}
 
 
 def ms(lat_s, q):

@@ -97,7 +97,10 @@ def _study(d: dict, ctx: Context) -> str:
            f"batch-64 throughput over {sp['throughput_queries']}, {sp['rounds']} interleaved round(s)). Recovery = "
            f"student / teacher (full 768-d); *same dim* = against the teacher truncated alike. Train min / CPU-h: "
            f"the cell's phases (wall; process CPU time of all threads), shared phases counted in every cell using "
-           f"them.", "", tables.study_table(d), "", tables.study_axes(d)]
+           f"them. The study varies one choice at a time at a short budget, off-the-shelf teacher and the "
+           f"query log alone, on the whole catalogue: its absolute recoveries sit below the training table's, "
+           f"which runs the full recipe (fine-tuned teacher, alignment on the log *and* the ad titles, "
+           f"anchored refinement).", "", tables.study_table(d), "", tables.study_axes(d)]
     if qwen:
         out += ["", f"{', '.join(qwen)}: a Qwen3-architecture student built from our config system (random init, "
                     "the real 151,669-token Qwen3 tokenizer), aligned like any student. It starts from noise, so its "
