@@ -103,6 +103,10 @@ def encoder_table(enc: dict) -> str:
                      f"{'met' if mt.get('throughput_1.5x') else 'not met'}) | **{r['p50_ratio']:.2f}×** (target ≤ "
                      f"{tg.get('p50_ratio_max', 0.5)}: {'met' if mt.get('p50_0.5x') else 'not met'}) | "
                      f"{r['p99_ratio']:.2f}× | min cosine {r.get('min_cos', float('nan')):.7f} |")
+        if "ours_plain_gemm" in r:  # the batch-1 lever isolated: the same encoder on plain F.linear
+            pg = r["ours_plain_gemm"]
+            lines.append(f"| {n} | hlm-engine without prepacked GEMMs | – | {pg['p50_ms']:.1f} | {pg['p99_ms']:.1f} | "
+                         f"prepacking: {r['prepacked_speedup_b1']:.2f}× faster at batch 1 |")
     return "\n".join(lines)
 
 
