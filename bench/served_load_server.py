@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-delay-us", type=int, default=2000)
     p.add_argument("--max-queued-requests", type=int, default=100_000)
     p.add_argument("--workers", type=int, default=1, help="engine model threads")
+    p.add_argument("--tokenize-in-caller", type=int, default=1,
+                   help="1: the socket thread tokenizes in submit() (no hand-off to the tokenizer thread)")
     a = p.parse_args(argv)
 
     import torch
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     if a.mode == "engine":
         backend = Engine(enc, max_batch_tokens=a.max_batch_tokens, max_batch_size=a.max_batch_size,
                          max_delay_us=a.max_delay_us, max_queued_requests=a.max_queued_requests,
-                         workers=a.workers)
+                         workers=a.workers, tokenize_in_caller=bool(a.tokenize_in_caller))
         backend.encode(warm)
     else:
         backend = SerialEncoder(enc)
