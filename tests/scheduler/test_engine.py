@@ -49,17 +49,23 @@ def blocked(enc, impl, **kw):
     return eng, g, first
 
 
+def submit_from_threads(eng, n_threads: int) -> list:
+    """Every query of QUERIES submitted from each of n_threads threads; futures in (thread, query) order."""
+    out = [None] * (n_threads * len(QUERIES))
+
+    def client(k):
+        for i, q in enumerate(QUERIES):
+            out[k * len(QUERIES) + i] = eng.submit(q)
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(n_threads)]
+    [t.start() for t in ts]
+    [t.join(WAIT) for t in ts]
+    return out
+
+
 def test_results_match_direct_encode_from_many_threads(impl, minilm):
     ref = minilm.encode(QUERIES)
-    out = [None] * (4 * len(QUERIES))
     with Engine(minilm, scheduler=impl, max_delay_us=1000) as eng:
-        def client(k):
-            for i, q in enumerate(QUERIES):
-                out[k * len(QUERIES) + i] = eng.submit(q)
-        ts = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-        [t.start() for t in ts]
-        [t.join(WAIT) for t in ts]
-        got = np.stack([f.result(WAIT) for f in out])
+        got = np.stack([f.result(WAIT) for f in submit_from_threads(eng, 4)])
         assert got.dtype == np.float32 and got.shape == (40, minilm.dim)
         np.testing.assert_allclose(got, np.tile(ref, (4, 1)), atol=1e-5)
         np.testing.assert_allclose(eng.encode(QUERIES), ref, atol=1e-5)

@@ -9,19 +9,13 @@ import pytest
 from hlm_engine import Encoder, Engine
 from hlm_engine.engine import EngineClosed
 from hlm_engine.scheduler import DeadlineExceeded, QueueFull
-from tests.scheduler.test_engine import QUERIES, WAIT, blocked
+from tests.scheduler.test_engine import QUERIES, WAIT, blocked, submit_from_threads
 
 
 def test_results_match_direct_encode_from_many_threads(impl, tiny_encoder):
     ref = tiny_encoder.encode(QUERIES)
-    out = [None] * (4 * len(QUERIES))
     with Engine(tiny_encoder, scheduler=impl, max_delay_us=500, tokenize_in_caller=True) as eng:
-        def client(k):
-            for i, q in enumerate(QUERIES):
-                out[k * len(QUERIES) + i] = eng.submit(q)
-        ts = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-        [t.start() for t in ts]
-        [t.join(WAIT) for t in ts]
+        out = submit_from_threads(eng, 4)
         np.testing.assert_allclose(np.stack([f.result(WAIT) for f in out]), np.tile(ref, (4, 1)), atol=1e-5)
         m = eng.metrics()
         assert m["requests"] == m["completed"] == 4 * len(QUERIES) and "tokenize_in_caller=True" in repr(eng)

@@ -139,21 +139,16 @@ def test_bad_config_input(tiny_models, tmp_path, capsys):
     assert hlm(["study", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml" in capsys.readouterr().err
 
-    bad = _config(tiny_models, tmp_path / "key.toml", '\n[[cell]]\nname = "typo"\nalign_stpes = 3\n')
-    with pytest.raises(ValueError, match=r"'typo'.*unknown key\(s\) align_stpes"):
-        load_config(bad)
-    bad = _config(tiny_models, tmp_path / "obj.toml", '\n[[cell]]\nname = "x"\nobjective = "huber"\n')
-    with pytest.raises(ValueError, match="unknown objective 'huber'; choose one of l2, mse, cosine, infonce, none"):
-        load_config(bad)
-    bad = _config(tiny_models, tmp_path / "none.toml", '\n[[cell]]\nname = "x"\nobjective = "none"\n')
-    with pytest.raises(ValueError, match="needs refine = true"):
-        load_config(bad)
-    bad = _config(tiny_models, tmp_path / "type.toml", '\n[[cell]]\nname = "x"\nalign_steps = "many"\n')
-    with pytest.raises(ValueError, match="align_steps = 'many' must be an integer"):
-        load_config(bad)
-    bad = _config(tiny_models, tmp_path / "dup.toml", '\n[[cell]]\nname = "qwen3 random, dim 48"\n')
-    with pytest.raises(ValueError, match="duplicate cell name"):
-        load_config(bad)
+    for name, cell, match in (
+            ("key", 'name = "typo"\nalign_stpes = 3', r"'typo'.*unknown key\(s\) align_stpes"),
+            ("obj", 'name = "x"\nobjective = "huber"',
+             "unknown objective 'huber'; choose one of l2, mse, cosine, infonce, none"),
+            ("none", 'name = "x"\nobjective = "none"', "needs refine = true"),
+            ("type", 'name = "x"\nalign_steps = "many"', "align_steps = 'many' must be an integer"),
+            ("dup", 'name = "qwen3 random, dim 48"', "duplicate cell name")):
+        bad = _config(tiny_models, tmp_path / f"{name}.toml", f"\n[[cell]]\n{cell}\n")
+        with pytest.raises(ValueError, match=match):
+            load_config(bad)
     bad = tmp_path / "syntax.toml"
     bad.write_text("[study\n")
     with pytest.raises(ValueError, match="not valid TOML"):
