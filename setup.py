@@ -2,9 +2,10 @@
 
 `kernels/` and `train/` sit at the top of the repository (their own layers) but install as
 `hlm_engine.kernels` and `hlm_engine.train`: the bare names belong to other PyPI packages.
-HLM_BUILD_EXT=0 skips the C++ scheduler build (the pure-Python twin serves instead).
+Two C++ extensions, both torch-free: `hlm_engine._scheduler` (the dynamic batching scheduler) and
+`hlm_engine._cpu_gemm` (the small-M fp32 GEMM of CPU query encoding). HLM_BUILD_EXT=0 skips both (the
+pure-Python scheduler twin and oneDNN/MKL GEMMs serve instead).
 """
-import glob
 import os
 
 from setuptools import setup
@@ -20,8 +21,14 @@ cmdclass = {}
 if os.environ.get("HLM_BUILD_EXT", "1") != "0":
     from pybind11.setup_helpers import Pybind11Extension, build_ext
 
-    ext_modules = [Pybind11Extension("hlm_engine._scheduler", sorted(glob.glob("csrc/*.cpp")),
-                                     include_dirs=["csrc"], cxx_std=17, extra_compile_args=["-O3"])]
+    def ext(name, sources):
+        return Pybind11Extension(f"hlm_engine.{name}", [f"csrc/{s}" for s in sources], include_dirs=["csrc"],
+                                 cxx_std=17, extra_compile_args=["-O3"])
+
+    # The GEMM is compiled for the baseline ISA: its AVX2/FMA code is selected per function
+    # (target attributes) and only called where the running CPU has them.
+    ext_modules = [ext("_scheduler", ["scheduler.cpp", "scheduler_bindings.cpp"]),
+                   ext("_cpu_gemm", ["small_gemm.cpp", "small_gemm_bindings.cpp"])]
     cmdclass = {"build_ext": build_ext}
 
 setup(packages=packages, package_dir=package_dir,

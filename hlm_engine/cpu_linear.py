@@ -1,20 +1,29 @@
-"""fp32 CPU inference GEMMs on weights reordered once into oneDNN's blocked layout.
+"""fp32 CPU inference GEMMs on weights packed once for small batches.
 
-Why: online query encoding is batch 1 — a query is ~8 tokens, so every linear is an M≈8 GEMM that
-streams the whole weight matrix once. MKL's sgemm on the row-major [N, K] nn.Linear layout reaches only
-~5 GB/s of weight traffic at that shape on AVX2 EPYC; oneDNN's brgemm on weights pre-reordered for the
-CPU's vector width is ~1.2x faster end to end on one thread and ~1.4x on two (bench/test_encoder.py), and
-fuses the exact-erf GELU of BERT's FFN into the GEMM. Big batches (> _MAX_ROWS token rows) stay on MKL. The math is the same fp32 dot product (only the
-summation order differs: |Δ| ~ 1e-6).
+Why: online query encoding is batch 1. A query is ~8 tokens, so every linear is an M≈8 GEMM that streams
+the whole weight matrix once, and MKL's sgemm on nn.Linear's row-major [N, K] layout reaches only ~5 GB/s
+of weight traffic at that shape on AVX2 EPYC. Two packed kernels serve it, picked once per process:
 
-The reorder happens once per weight and is cached beside it (keyed by the tensor's identity, dropped when
-the weight is freed; not stored on the tensor, which would break pickling the module), tagged with its
-version counter, so an optimizer step (an in-place update) invalidates it. Only used where autograd is off
-(`torch.inference_mode` / `no_grad`): the packed op has no backward, and training keeps `F.linear`.
-Costs one extra copy of the weights in memory. HLM_CPU_PREPACK=0 turns it off.
+- "hlm" (default where built and the CPU has AVX2+FMA): our own register-blocked kernel over 16-column
+  weight panels with the GELU in its epilogue (csrc/small_gemm.h, `hlm_engine._cpu_gemm`); ~1.8x oneDNN's
+  and ~2.5x MKL's speed at M≈6 on one core (~80% of the core's DRAM stream), no slower than MKL up to a
+  few hundred rows (bench/test_cpu_gemm.py, README).
+- "onednn": oneDNN's brgemm on weights reordered for the CPU's vector width (~1.2-1.4x MKL at M≈6),
+  the fallback where our extension is not built (HLM_BUILD_EXT=0) or the CPU lacks AVX2.
+
+Both compute the same fp32 dot products as F.linear (only the summation order differs: |Δ| ~ 1e-6).
+Bigger batches than each kernel's row limit stay on MKL, which is compute-bound there.
+
+The packed copy is made once per weight and cached beside it (keyed by the tensor's identity, dropped
+when the weight is freed; not stored on the tensor, which would break pickling the module), tagged with
+its version counter, so an optimizer step (an in-place update) invalidates it. Only used where autograd
+is off (`torch.inference_mode` / `no_grad`): neither packed op has a backward, and training keeps
+`F.linear`. Costs one extra copy of the weights in memory.
+HLM_CPU_PREPACK = auto (default) | hlm | onednn | 0 (off).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -22,41 +31,138 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-_cache: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}   # id(weight) -> (ref, version, packed)
+_ACTS = ("none", "gelu")
+# The oneDNN reorder's batch-size hint only picks its blocking; 8 rows (one short query) is the case.
+_ONEDNN_HINT_ROWS = 8
+# Above these many token rows MKL's sgemm is compute-bound and as fast or faster: oneDNN's prepacked path
+# cost the encoder's batch-64 throughput ~8%; our kernel is 1.15x MKL at 64-128 rows and level at 256 on
+# AVX2 EPYC (bench/test_cpu_gemm.py), so it hands over at 128. It runs on the calling thread only, so with
+# more torch threads it hands over where MKL's threaded sgemm catches up (at 32 rows, 2 threads: 0.95x).
+MAX_ROWS = {"hlm": 128, "onednn": 64}
+MAX_ROWS_THREADED = {"hlm": 16, "onednn": 64}
+
+_cache: dict[int, tuple[weakref.ref, int, dict[str, torch.Tensor]]] = {}  # id(w) -> (ref, version, packed by kernel)
 _lock = threading.Lock()
-_ACTS = {"none": "none", "gelu": "gelu"}
-# The batch-size hint of the reorder only picks the blocking; 8 rows (one short query) is the case to serve.
-_HINT_ROWS = 8
-# Above this many token rows MKL's sgemm is compute-bound and as fast or faster (the encoder's batch-64
-# throughput dropped ~8% with every GEMM prepacked), so the prepacked path serves small batches only.
-_MAX_ROWS = 64
 
 
-def _available() -> bool:
-    return (os.environ.get("HLM_CPU_PREPACK", "1") != "0" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+def _load_hlm():
+    try:
+        from hlm_engine import _cpu_gemm
+    except ImportError:
+        return None
+    return _cpu_gemm if _cpu_gemm.supported() else None
 
 
-_ENABLED = _available()
+_HLM = _load_hlm()
+
+
+def available() -> list[str]:
+    """The packed kernels this process can run, best first."""
+    kernels = ["hlm"] if _HLM is not None else []
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        kernels.append("onednn")
+    return kernels
+
+
+def _choose(setting: str) -> str | None:
+    setting = setting.strip().lower()
+    if setting in ("0", "off", "none"):
+        return None
+    kernels = available()
+    if setting in ("", "1", "auto"):
+        return kernels[0] if kernels else None
+    if setting not in MAX_ROWS:
+        raise ValueError(f"HLM_CPU_PREPACK={setting!r}: choose auto, hlm, onednn or 0")
+    if setting not in kernels:
+        raise RuntimeError(f"HLM_CPU_PREPACK={setting}: that kernel is not available here (available: "
+                           f"{', '.join(kernels) or 'none'}; 'hlm' needs the built extension and AVX2+FMA)")
+    return setting
+
+
+KERNEL: str | None = _choose(os.environ.get("HLM_CPU_PREPACK", "auto"))
+
+
+@contextlib.contextmanager
+def use(kernel: str | None):
+    """Temporarily pick the packed kernel ("hlm" | "onednn" | None = plain F.linear); for side-by-side
+    benchmarks and tests. Not thread-safe against concurrent inference."""
+    global KERNEL
+    saved, KERNEL = KERNEL, (None if kernel is None else _choose(kernel))
+    try:
+        yield
+    finally:
+        KERNEL = saved
+
+
+def inference(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """fp32 CPU inference with a packed kernel on: `linear` picks the packed GEMM or MKL by row count."""
+    return (KERNEL is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == torch.float32 and w.dtype == torch.float32 and x.dim() == 2 and w.dim() == 2)
 
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    return (_ENABLED and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and w.dtype == torch.float32 and x.dim() == 2 and 0 < x.shape[0] <= _MAX_ROWS)
+    """`inference` and few enough rows for the packed kernel."""
+    return inference(x, w) and 0 < x.shape[0] <= max_rows(KERNEL)
 
 
-def _packed(w: torch.Tensor) -> torch.Tensor:
+def max_rows(kernel: str) -> int:
+    return (MAX_ROWS if torch.get_num_threads() == 1 else MAX_ROWS_THREADED)[kernel]
+
+
+def _pack(w: torch.Tensor, kernel: str) -> torch.Tensor:
+    w = w.detach()
+    if kernel == "onednn":
+        return torch.ops.mkldnn._reorder_linear_weight(w, _ONEDNN_HINT_ROWS)
+    w = w.contiguous()
+    n, k = w.shape
+    packed = torch.empty(_HLM.packed_size(n, k), dtype=torch.float32)
+    _HLM.pack(w.data_ptr(), n, k, packed.data_ptr())
+    return packed
+
+
+def _version(w: torch.Tensor) -> int:
+    # Tensors created under torch.inference_mode (a model loaded inside it) have no version counter;
+    # they cannot be updated by an optimizer, so their packed copy is kept as is.
+    return -1 if w.is_inference() else w._version
+
+
+def _packed(w: torch.Tensor, kernel: str) -> torch.Tensor:
     key = id(w)
     hit = _cache.get(key)
-    if hit is not None and hit[0]() is w and hit[1] == w._version:
-        return hit[2]
-    p = torch.ops.mkldnn._reorder_linear_weight(w.detach(), _HINT_ROWS)
+    if hit is not None and hit[0]() is w and hit[1] == _version(w) and kernel in hit[2]:
+        return hit[2][kernel]
+    p = _pack(w, kernel)
     with _lock:
         fresh = hit is None or hit[0]() is not w
-        _cache[key] = (weakref.ref(w), w._version, p)
+        # One entry per weight, a packed copy per kernel (benchmarks switch kernels between calls).
+        kept = {} if fresh or hit[1] != _version(w) else hit[2]
+        _cache[key] = (weakref.ref(w), _version(w), kept | {kernel: p})
     if fresh:
         weakref.finalize(w, _cache.pop, key, None)
     return p
+
+
+def gelu(y: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU; in place with our vectorized kernel on contiguous fp32 CPU inference tensors (ATen's
+    erf is ~10x slower per element on AVX2 EPYC: ~8% of a batch-64 MiniLM forward), else F.gelu."""
+    if (_HLM is not None and KERNEL is not None and not torch.is_grad_enabled() and y.device.type == "cpu"
+            and y.dtype == torch.float32 and y.is_contiguous()):
+        _HLM.gelu_(y.data_ptr(), y.numel())
+        return y
+    return F.gelu(y)
+
+
+def _hlm_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act_gelu: bool) -> torch.Tensor:
+    n, k = w.shape
+    x = x.contiguous()
+    if b is not None:
+        b = b.detach().contiguous()
+        if b.dtype != torch.float32 or b.numel() != n:
+            raise ValueError(f"linear: bias must be {n} fp32 values, got {b.numel()} {b.dtype}")
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    _HLM.gemm(x.data_ptr(), x.shape[0], k, k, _packed(w, "hlm").data_ptr(), n,
+              0 if b is None else b.data_ptr(), y.data_ptr(), n, act_gelu)
+    return y
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, activation: str = "none"):
@@ -64,6 +170,11 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, acti
     if activation not in _ACTS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(_ACTS)}")
     if usable(x, w):
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), _packed(w), b, _ACTS[activation], [], "none")
+        if x.shape[1] != w.shape[1]:
+            raise ValueError(f"linear: input has {x.shape[1]} features, the weight [{w.shape[0]}, {w.shape[1]}] "
+                             f"expects {w.shape[1]}")
+        if KERNEL == "hlm":  # GELU in the GEMM's epilogue
+            return _hlm_linear(x, w, b, activation == "gelu")
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), _packed(w, "onednn"), b, activation, [], "none")
     out = F.linear(x, w, b)
-    return F.gelu(out) if activation == "gelu" else out
+    return gelu(out) if activation == "gelu" else out

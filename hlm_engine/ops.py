@@ -76,8 +76,9 @@ def _k(name: str):
 
 def linear(x, w, b=None, activation="none", backend="torch"):
     """act(x W^T + b), activation "none" | "gelu". The plain projections (QKV, attention output) stay on the
-    vendor GEMM on every backend: cuBLAS on GPU already runs them at roofline, and on CPU inference the
-    weights are prepacked for oneDNN (`cpu_linear`, the batch-1 win). Fused epilogues live in the FFN ops."""
+    vendor GEMM on GPU (cuBLAS already runs them at roofline); on CPU inference small batches run on weights
+    packed once (`cpu_linear`: our AVX2 small-M kernel, else oneDNN; the batch-1 win). Fused epilogues
+    live in the FFN ops."""
     return cpu_linear.linear(x, w, b, activation)
 
 
@@ -113,7 +114,7 @@ def swiglu_ffn(x, w_gate_up, w_down, residual=None, backend="torch"):
     """(silu(x Wg^T) * x Wu^T) Wd^T + residual."""
     if backend == "triton":
         return _k("swiglu_ffn").swiglu_ffn(x, w_gate_up, w_down, residual)
-    if cpu_linear.usable(x, w_gate_up):  # CPU inference: the same math on prepacked weights
+    if cpu_linear.inference(x, w_gate_up):  # CPU inference: the same math on packed weights / MKL
         gate, up = cpu_linear.linear(x, w_gate_up).chunk(2, dim=-1)
         out = cpu_linear.linear(F.silu(gate) * up, w_down)
         return out if residual is None else out + residual
@@ -124,7 +125,7 @@ def gelu_ffn(x, w1, b1, w2, b2, residual=None, backend="torch"):
     """gelu(x W1^T + b1) W2^T + b2 + residual."""
     if backend == "triton":
         return _k("gelu_ffn").gelu_ffn(x, w1, b1, w2, b2, residual)
-    if cpu_linear.usable(x, w1):  # CPU inference: prepacked weights, GELU fused into the up-projection
+    if cpu_linear.inference(x, w1):  # CPU inference: packed weights or MKL + our vectorized GELU
         out = cpu_linear.linear(cpu_linear.linear(x, w1, b1, "gelu"), w2, b2)
         return out if residual is None else out + residual
     return gelu_ffn_ref(x, w1, b1, w2, b2, residual)

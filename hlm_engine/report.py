@@ -139,7 +139,8 @@ def _recipe(d: dict) -> str:
     titles = "" if st.get("no_align_titles") else (
         f" plus the {z['products']:,} ad titles (their teacher vectors are the index input, so they cost no "
         f"teacher encoding; no labels are used)")
-    return (f"Recipe: {teacher}; the student is ℓ2-aligned for {st['align_steps']} steps on "
+    lr = f" (peak lr {st['align_lr']:g})" if st.get("align_lr") else ""
+    return (f"Recipe: {teacher}; the student is ℓ2-aligned for {st['align_steps']} steps{lr} on "
             f"{z['log_queries']:,} unlabeled log queries{titles}; then refined for {st['refine_steps']} steps "
             f"with InfoNCE against the frozen teacher product vectors plus an ℓ2 anchor to the teacher's query "
             f"vectors. The baseline gets the same refine budget from the raw student (fresh 384→768 head, no "
@@ -148,7 +149,10 @@ def _recipe(d: dict) -> str:
 
 def _training(d: dict, ctx: Context) -> str:
     z, sv = d["sizes"], d["serving"]
-    secs = ", ".join(f"{k} {v / 60:.0f} min" for k, v in d.get("phase_seconds", {}).items() if v)
+    # Wall times with each phase's encodings and set-up when the run recorded them, else the training loops.
+    walls = d.get("phase_wall_seconds") or {}
+    secs = ", ".join(f"{k} {v / 60:.0f} min" for k, v in (walls if any(walls.values()) else
+                                                         d.get("phase_seconds", {})).items() if v)
     return (f"The `make demo` pipeline (`--publish`): Home Depot dev, {z['dev_queries']} judged queries, exact "
             f"top-100 over the teacher's vectors of a {z['products']:,}-product slice (every dev-judged product, "
             f"every train positive, distractors); relevant = grade ≥ {d['settings']['threshold']}; recovery = "
@@ -157,7 +161,8 @@ def _training(d: dict, ctx: Context) -> str:
             + f"\n\nServed through the engine and the ANN index ({sv['index_kind']}): "
             f"{sv['throughput_qps']:.0f} queries/s end to end, batch-1 p50 {sv['latency_ms_p50']:.1f} ms, "
             f"p99 {sv['latency_ms_p99']:.1f} ms (on the machine as loaded at publish time, see the stamp). "
-            f"Training phase wall times, from each phase's own run log: {secs or 'n/r'}.")
+            f"Training phase wall times ({'with their encodings' if any(walls.values()) else 'training loops'}"
+            f", from the publishing run): {secs or 'n/r'}.")
 
 
 def _encoder(d: dict, ctx: Context) -> str:
@@ -166,6 +171,14 @@ def _encoder(d: dict, ctx: Context) -> str:
     return (f"{d.get('model', 'minilm')}, the same {f'{q:,}' if isinstance(q, int) else '?'} real Home Depot queries "
             f"({r.get('mean_tokens_per_query', 0):.1f} tokens mean, {r.get('flops_per_query', 0) / 1e6:.0f} "
             f"MFLOP/query), fp32, interleaved rounds:\n\n" + tables.encoder_table(d))
+
+
+def _cpu_gemm(d: dict, ctx: Context) -> str:
+    return (f"MiniLM's 24 linears of one forward ({d.get('shapes', '')}), 42.5 MB of fp32 weights, at M token "
+            "rows (a query is ~6-8); oneDNN's path hands rows above 64 to MKL, ours above 128 at 1 torch "
+            "thread and above 16 at 2 (it runs on the calling thread; set from this table: at 32 rows one thread "
+            "of ours no longer beats MKL's two). At batch 1 the GEMMs "
+            "are memory-bound: read the weight GB/s against the DRAM stream.\n\n" + tables.cpu_gemm_table(d))
 
 
 def _scheduler(d: dict, ctx: Context) -> str:
@@ -203,6 +216,8 @@ SECTIONS = [
             _training),
     Section("encoder", "encoder.json", "Encoder vs sentence-transformers",
             DATA + ".venv/bin/python -m pytest bench/test_encoder.py --benchmark-only -s", _encoder),
+    Section("cpu_gemm", "cpu_gemm.json", "CPU GEMMs of query encoding (the batch-1 lever)",
+            ".venv/bin/python -m pytest bench/test_cpu_gemm.py --benchmark-only -s", _cpu_gemm),
     Section("scheduler", "scheduler_overhead.json", "Dynamic batching: scheduler overhead",
             ".venv/bin/python -m pytest bench/test_scheduler_overhead.py --benchmark-only -s", _scheduler),
     Section("served", "served_load.json", "Dynamic batching: served load",
@@ -224,6 +239,8 @@ def _section_stamp(key: str, d: dict, path: str) -> str:
     if key == "roofline":
         return f"analytic (no machine); written {_mtime(path)}"
     threads = {"encoder": "/".join(str(r.get("threads")) for r in d.get("rows", {}).values()),
+               "cpu_gemm": "/".join(str(r.get("threads")) for r in d.get("runs", {}).values())
+               if key == "cpu_gemm" else None,
                "served": "/".join(str(r["threads"]) for r in tables.served_runs(d)) if key == "served" else None,
                "pruning": d.get("torch_threads"),
                "index": (d.get("machine") or {}).get("torch_threads")}.get(key)

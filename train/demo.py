@@ -10,8 +10,8 @@ is aligned to it and serves queries online.
 Every step caches its result under --work-dir (default ./runs/demo) and is skipped when done, so a second
 run only prints. Data: $HLM_DATA_DIR (or --data-dir), else the packaged sample set. Default sizes (a corpus
 slice: every dev-judged product and every positive of the chosen train queries plus random distractors)
-take ~30 min on 2 idle CPU cores (see DEFAULTS); --full uses every product, train query and log query
-with longer training.
+take ~13 min on 2 idle CPU cores (see DEFAULTS for the measured phases); --full uses every product, train
+query and log query with longer training.
 Quality is exact top-100 search over the teacher's corpus vectors, Recall@K with relevance >= 2.67.
 """
 from __future__ import annotations
@@ -31,19 +31,33 @@ from .common import check_folder, load_encoder, write_texts_tsv
 from .data import DEFAULT_THRESHOLD
 from .embed import cached_encode, retrieval_quality
 from .refine import RefineConfig, train_refine
-from .teacher import TeacherConfig, finetuned_corpus_dir, prepare, train_teacher
+from .teacher import TeacherConfig, finetuned_corpus_dir, finetuned_queries_dir, prepare, train_teacher
 
-# Sized for 2 CPU cores: the teacher (MPNet, fp32) encodes product titles at only ~30-60/s there, so the
-# corpus slice (all products judged for the chosen dev queries + train positives + distractors: 6,455) and
-# the query log dominate encoding; 1,200 alignment steps (~0.65 s each on 2 idle cores) dominate training.
-# Measured: 43 min of phases on a shared, loaded box at 1 thread; ~30 min expected on 2 idle cores. These
-# defaults are the recipe behind the README's training table (aligned + refined: 100% of the fine-tuned
-# teacher's Recall@100); --align-steps 500 --refine-steps 150 is a ~20-minute look at lower quality.
-DEFAULTS = dict(products=6000, train_queries=1500, dev_queries=400, log_queries=8000, align_steps=1200,
-                refine_steps=400, teacher_steps=150)
+# Sized for ~15 min on 2 idle CPU cores: measured 770 s for the pipeline (13.4 min for `make demo` from a
+# fresh work dir, 2 torch threads, quiet box): teacher phase 343 s, align 265 s, refine 68 s, baseline 61 s,
+# the rest encodings, evaluation and serving (bench/results/training.json). MPNet (fp32) encodes only ~20 titles/s per core, so teacher
+# encoding is half the run: the corpus slice (every product judged for the chosen dev queries + every train
+# positive: 6,455, no room left for distractors) twice (off the shelf: the "before" row and the mining; then
+# fine-tuned: the index) and the alignment log. Measured at 1 thread on the shared 2-core box (other core
+# busy), fresh work dir: 1,467 s in all (~15 min expected on 2 idle cores, ~1.6x faster than that):
+#   teacher phase 658 s: frozen layers 0-7 of every title/train query once ~235 s, off-the-shelf corpus
+#     (top 4 layers only) 114 s, 150 steps 164 s (1.1 s/step), fine-tuned corpus 105 s, dev/ckpt ~40 s
+#   student corpus for the symmetric row 48 s; align 542 s: the 5,000 log queries' teacher targets 140 s,
+#     300 steps 376 s (1.25 s/step); refine 105 s and baseline 97 s (300 steps each); eval + serving ~17 s
+# vs. the previous defaults (~30 min expected; 43 min of training loops alone measured on a loaded box):
+# the teacher re-ran all 12 layers for every encoding and step although only the top 4 train (FrozenBottom,
+# teacher.py), AdamW's multi-tensor update was ~15% of every step (fused now: loop.adamw), refinement and
+# the baseline each re-encoded the train queries (the teacher phase leaves them now), and alignment ran
+# 1,200 steps at lr 1e-4: 300 at 4e-4 reach the same recovery (measured on this slice, aligned / refined
+# R@100 recovery: 1,200 at 1e-4 99.1% / 100.1%; 400 at 3e-4 99.0% / 100.2%; 300 at 4e-4 98.8% / 100.3%).
+# 5,000 log queries (was 8,000; the 6,455 titles still more than double the alignment text) and 300
+# refine/baseline steps (was 400) trim the rest: 98.8% / 100.6% with these defaults.
+DEFAULTS = dict(products=6000, train_queries=1500, dev_queries=400, log_queries=5000, align_steps=300,
+                align_lr=4e-4, refine_steps=300, teacher_steps=150)
 # The teacher fine-tune on 2 CPU cores: small batches, one mined negative each, and only the top 4 of
-# MPNet's 12 layers trained (the backward through all 12 is most of a step's cost there; ~6 s/step). On
-# GPUs run `hlm train teacher` with its defaults (all layers, 3 negatives, batch 16+) instead.
+# MPNet's 12 layers trained (the backward through all 12 is most of a step's cost there; and the frozen
+# bottom's states are computed once, so a step runs 4 layers: ~1.1 s at 1 thread). On GPUs run `hlm train
+# teacher` with its defaults (all layers, 3 negatives, batch 16+) instead.
 TEACHER_CPU_RECIPE = dict(batch_size=8, num_negatives=1, trainable_layers=4, lr=3e-5)
 
 
@@ -56,7 +70,7 @@ def teacher_recipe(teacher: str) -> dict:
 
 
 FULL = dict(products=None, train_queries=None, dev_queries=None, log_queries=None, align_steps=3000,
-            refine_steps=1000, teacher_steps=600)
+            align_lr=1e-4, refine_steps=1000, teacher_steps=600)
 
 
 def _done(out_dir: str) -> dict | None:
@@ -77,7 +91,8 @@ def _phase(name: str, out_dir: str, fn, cfg) -> dict:
     print(f"[demo] {name} ...")
     t = time.perf_counter()
     log = fn(cfg)
-    print(f"[demo] {name}: done in {time.perf_counter() - t:.0f} s")
+    log = dict(log, wall_seconds=round(time.perf_counter() - t, 1))  # with the phase's encodings and set-up
+    print(f"[demo] {name}: done in {log['wall_seconds']:.0f} s")
     return log
 
 
@@ -92,9 +107,10 @@ def parse(argv):
     ap.add_argument("--products", type=int, help="corpus slice size (default 6000; --full: all)")
     ap.add_argument("--train-queries", type=int, help="train queries for refine/teacher (default 1500)")
     ap.add_argument("--dev-queries", type=int, help="dev queries measured (default 400; --full: all)")
-    ap.add_argument("--log-queries", type=int, help="query-log size for alignment (default 8000)")
-    ap.add_argument("--align-steps", type=int)
-    ap.add_argument("--refine-steps", type=int)
+    ap.add_argument("--log-queries", type=int, help="query-log size for alignment (default 5000; --full: all)")
+    ap.add_argument("--align-steps", type=int, help="alignment steps (default 300; --full: 3000)")
+    ap.add_argument("--align-lr", type=float, help="peak alignment learning rate (default 4e-4; --full: 1e-4)")
+    ap.add_argument("--refine-steps", type=int, help="refine and baseline steps (default 300; --full: 1000)")
     ap.add_argument("--teacher-steps", type=int, help="fine-tune the teacher first for this many steps (0 = off)")
     ap.add_argument("--no-align-titles", action="store_true",
                     help="align on the query log only (default: the ad titles too, with their cached teacher "
@@ -173,18 +189,20 @@ def main(argv=None) -> int:
     # 3. align on the query log (teacher targets cached), 4. refine against the frozen corpus vectors.
     lq = a.log_queries or "all"
     titles = "" if a.no_align_titles else f"-titles-{sl}"
-    align_dir = os.path.join(w, f"align-{tag}-q{lq}-s{a.align_steps}{titles}")
-    refine_dir = os.path.join(w, f"refine-{tag}-{sl}-q{lq}-s{a.align_steps}-s{a.refine_steps}-a{RefineConfig.align_weight}")
+    al = f"q{lq}-s{a.align_steps}-lr{a.align_lr:g}"
+    align_dir = os.path.join(w, f"align-{tag}-{al}{titles}")
+    refine_dir = os.path.join(w, f"refine-{tag}-{sl}-{al}-s{a.refine_steps}-a{RefineConfig.align_weight}")
     base_dir = os.path.join(w, f"baseline-{tag}-{sl}-s{a.refine_steps}")
     logs["align"] = _phase("align", align_dir, train_align, AlignConfig(
         student=a.student, teacher=teacher_folder, data_dir=ddir, out_dir=align_dir, max_queries=a.log_queries,
-        steps=a.align_steps, targets_dir=os.path.join(w, f"log-targets-{tag}-q{lq}"),
+        steps=a.align_steps, lr=a.align_lr, targets_dir=os.path.join(w, f"log-targets-{tag}-q{lq}"),
         extra_texts_file=None if a.no_align_titles else write_texts_tsv(
             os.path.join(w, f"titles-{sl}.tsv"), train.doc_ids, train.doc_texts),
         extra_targets_dir=None if a.no_align_titles else corpus_dir))
     row("student aligned", align_dir, lambda: quality(os.path.join(align_dir, "model")))
     refine_kw = dict(teacher=teacher_folder, doc_embeddings=corpus_dir, steps=a.refine_steps, evaluate=False,
-                     **slice_kw)
+                     query_targets_dir=finetuned_queries_dir(t_dir) if a.teacher_steps
+                     else os.path.join(w, f"train-queries-{tag}-{sl}"), **slice_kw)
     logs["refine"] = _phase("refine", refine_dir, train_refine,
                             RefineConfig(student=os.path.join(align_dir, "model"), out_dir=refine_dir, **refine_kw))
     row("student aligned + refined", refine_dir, lambda: quality(os.path.join(refine_dir, "model")))
@@ -220,6 +238,7 @@ def main(argv=None) -> int:
             print(f"{k}: loss {lg['loss_first10']:.4f} -> {lg['loss_last10']:.4f}{extra}")
     result = {"table": table, "order": list(table), "serving": served, "rows": rows, "seconds": time.perf_counter() - t_start,
               "phase_seconds": {k: lg.get("seconds_this_run") for k, lg in logs.items()},
+              "phase_wall_seconds": {k: lg.get("wall_seconds") for k, lg in logs.items()},
               "sizes": {"products": len(train.doc_ids), "train_queries": len(pairs.query_texts),
                         "dev_queries": int(teacher_row["queries"]), "log_queries": a.log_queries},
               "settings": {k: v for k, v in vars(a).items() if k not in ("work_dir", "data_dir", "publish")}}

@@ -42,6 +42,8 @@ class RefineConfig:
     student: str = "runs/align/model"
     teacher: str = "mpnet"                 # whose frozen corpus vectors are the documents
     doc_embeddings: str | None = None      # an encode_corpus dir of the teacher's corpus vectors (cache)
+    query_targets_dir: str | None = None   # cache of the teacher's train-query vectors (shareable between
+    #                                        runs on the same slice, e.g. refine and baseline)
     data_dir: str | None = None
     out_dir: str = "runs/refine"
     threshold: float = DEFAULT_THRESHOLD
@@ -91,7 +93,8 @@ def train_refine(cfg: RefineConfig) -> dict:
                             batch_size=64, show_progress=show)
     if docs_np.shape[1] != enc.dim:
         raise ValueError(f"dimension mismatch: teacher documents are {docs_np.shape[1]}-d, student emits {enc.dim}-d")
-    q_teacher = cached_encode(teacher_folder, pairs.query_texts, cache_dir(cfg.out_dir, "teacher_train_queries"),
+    q_teacher = cached_encode(teacher_folder, pairs.query_texts,
+                              cfg.query_targets_dir or cache_dir(cfg.out_dir, "teacher_train_queries"),
                               batch_size=cfg.encode_batch_size, show_progress=show)
     corpus_keys = text_keys(train.doc_texts)
     skip = [{j for j, r in rel.items() if r >= cfg.skip_threshold} for rel in pairs.judged]

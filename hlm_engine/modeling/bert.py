@@ -82,21 +82,29 @@ class PostNormEncoder(nn.Module):
                                            self.cfg.relative_attention_max_distance)
         return self.rel_bias(buckets).permute(2, 0, 1).contiguous()
 
-    def forward(self, batch: PackedBatch, skip_layers=(), tap=None) -> torch.Tensor:
+    def forward(self, batch: PackedBatch, skip_layers=(), tap=None, start=None, stop=None) -> torch.Tensor:
         """Packed token ids -> final hidden states [T, H].
 
         `skip_layers`: layer indices to bypass (pruning studies). `tap(kind, i, tensor)` observes
-        kind in {"layer_in", "ffn_in", "layer_out"} of layer i (calibration statistics)."""
+        kind in {"layer_in", "ffn_in", "layer_out"} of layer i (calibration statistics).
+        `stop=i`: return the hidden states entering layer i instead; `start=(i, x)`: begin at layer i from
+        such states x [T, H] (a frozen bottom computed once and cached: see train/teacher.py)."""
         cfg, be = self.cfg, self.backend
-        e = self.embed
-        x = e.word(batch.input_ids) + e.position(batch.positions + cfg.position_offset)
-        if cfg.type_vocab_size:
-            x = x + e.token_type.weight[0]
-        x = ops.add_layernorm(x, None, e.norm.weight, e.norm.bias, cfg.norm_eps, backend=be)[0]
+        if start is None:
+            e = self.embed
+            x = e.word(batch.input_ids) + e.position(batch.positions + cfg.position_offset)
+            if cfg.type_vocab_size:
+                x = x + e.token_type.weight[0]
+            x = ops.add_layernorm(x, None, e.norm.weight, e.norm.bias, cfg.norm_eps, backend=be)[0]
+            first = 0
+        else:
+            first, x = start
         bias = self.attention_bias(batch.max_seqlen, x.device)
         T, H, nh, hd = x.shape[0], cfg.hidden_size, cfg.num_heads, cfg.head_dim
         for i, layer in enumerate(self.layers):
-            if i in skip_layers:
+            if stop is not None and i >= stop:
+                break
+            if i < first or i in skip_layers:
                 continue
             if tap is not None:
                 tap("layer_in", i, x)

@@ -54,15 +54,18 @@ class Qwen3Encoder(nn.Module):
         if cfg.output_dim:
             self.proj = nn.Linear(cfg.hidden_size, cfg.output_dim)
 
-    def forward(self, batch: PackedBatch, skip_layers=(), tap=None) -> torch.Tensor:
-        """Packed token ids -> final-normed hidden states [T, H]. `skip_layers` / `tap` as in bert.py
-        (here "layer_in"/"layer_out" observe the residual stream, "ffn_in" the normed FFN input)."""
+    def forward(self, batch: PackedBatch, skip_layers=(), tap=None, start=None, stop=None) -> torch.Tensor:
+        """Packed token ids -> final-normed hidden states [T, H]. `skip_layers` / `tap` / `start` / `stop` as
+        in bert.py (here "layer_in"/"layer_out" observe the residual stream, "ffn_in" the normed FFN input;
+        `stop` returns the residual stream entering that layer, un-normed)."""
         cfg, be = self.cfg, self.backend
         nq, nkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        x = self.embed.word(batch.input_ids)
+        first, x = start if start is not None else (0, self.embed.word(batch.input_ids))
         T = x.shape[0]
         for i, layer in enumerate(self.layers):
-            if i in skip_layers:
+            if stop is not None and i >= stop:
+                return x
+            if i < first or i in skip_layers:
                 continue
             if tap is not None:
                 tap("layer_in", i, x)

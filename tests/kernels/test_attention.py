@@ -66,3 +66,17 @@ def test_attention_rejects_bad_heads():
     q, k, v, _ = _qkv([4], 3, 2, 32, torch.float32, False)
     with pytest.raises(ValueError, match="kv heads must divide"):
         varlen_attention(q, k, v, packed([4])[0], 4)
+
+
+@pytest.mark.parametrize("causal,bias", [(False, False), (True, False), (False, True), (True, True)])
+def test_short_batch_path_matches_sdpa(monkeypatch, causal, bias):
+    """The reference's explicit-softmax path for padded short batches (the CPU serving case) equals its
+    SDPA path on the same inputs."""
+    import hlm_engine.kernels.attention as attn
+    lens = [1, 3, 12, 9, 30]
+    q, k, v, b = _qkv(lens, 4, 4, 32, torch.float32, bias, seed=3)
+    cu, _ = packed(lens)
+    short = varlen_attention_ref(q, k, v, cu, max(lens), causal, None, b)
+    monkeypatch.setattr(attn, "_SHORT_L", 0)
+    torch.testing.assert_close(short, varlen_attention_ref(q, k, v, cu, max(lens), causal, None, b),
+                               atol=2e-6, rtol=1e-5)

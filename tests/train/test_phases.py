@@ -121,6 +121,25 @@ def test_teacher_top_layers_only(tiny_models, tmp_path):
                                     evaluate=False, trainable_layers=99))
 
 
+def test_teacher_frozen_bottom_is_the_full_forward(tiny_models, tmp_path, monkeypatch):
+    """Top layers only: the frozen bottom's states, computed once and cached, train the same teacher and
+    give the same corpus vectors (off the shelf and fine-tuned) as running every layer each time."""
+    from hlm_engine.corpus import load_embeddings
+    from hlm_engine.train import teacher
+    kw = dict(teacher=tiny_models["teacher"], steps=4, batch_size=8, lr=1e-3, warmup_steps=1, save_every=0,
+              max_length=32, trainable_layers=1)
+    fast = train_teacher(TeacherConfig(out_dir=str(tmp_path / "fast"), **kw))
+    monkeypatch.setattr(teacher, "FROZEN_BOTTOM_MAX_BYTES", 0)  # no cache: the full forward everywhere
+    full = train_teacher(TeacherConfig(out_dir=str(tmp_path / "full"), **kw))
+    np.testing.assert_allclose(fast["losses"], full["losses"], rtol=1e-4)
+    for sub in ("corpus_base", "corpus_finetuned"):
+        ids_a, a = load_embeddings(str(tmp_path / "fast" / "cache" / sub))
+        ids_b, b = load_embeddings(str(tmp_path / "full" / "cache" / sub))
+        assert list(ids_a) == list(ids_b)
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=2e-3)
+    assert fast["dev_after"]["R@100"] == pytest.approx(full["dev_after"]["R@100"], abs=0.02)
+
+
 def test_refine_alignment_anchor_keeps_student_near_teacher(tiny_models, tmp_path):
     """The ℓ2 anchor in refine: with a large weight the refined student stays closer to the teacher's query
     vectors than plain InfoNCE leaves it; a negative weight is refused."""
