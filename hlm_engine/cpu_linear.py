@@ -160,7 +160,10 @@ def _hlm_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act_ge
         if b.dtype != torch.float32 or b.numel() != n:
             raise ValueError(f"linear: bias must be {n} fp32 values, got {b.numel()} {b.dtype}")
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
-    _HLM.gemm(x.data_ptr(), x.shape[0], k, k, _packed(w, "hlm").data_ptr(), n,
+    # The kernel sees raw addresses: every tensor behind them must stay referenced here until it returns.
+    # (A concurrent first call may replace the cache entry, freeing a packed copy nobody else holds.)
+    packed = _packed(w, "hlm")
+    _HLM.gemm(x.data_ptr(), x.shape[0], k, k, packed.data_ptr(), n,
               0 if b is None else b.data_ptr(), y.data_ptr(), n, act_gelu)
     return y
 

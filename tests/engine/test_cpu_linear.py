@@ -65,19 +65,22 @@ def test_same_numbers_at_any_thread_count(kernel, threads):
 
 
 def test_concurrent_callers_get_their_own_results(kernel):
-    """Two engine workers call the GEMM at once (the GIL is released): no shared state between calls."""
+    """Engine workers call the GEMM at once (the GIL is released), including the first call on a weight,
+    where racing callers each pack it and the cache keeps one copy: a caller must keep its own copy alive
+    for the call (this caught a use-after-free of the replaced copy)."""
     import concurrent.futures as cf
-    w = torch.randn(768, 384) / 384 ** 0.5
     xs = [torch.randn(7, 384) for _ in range(16)]
-    refs = [x @ w.T for x in xs]
-
-    def run(i):
-        with torch.inference_mode():
-            return i, cpu_linear.linear(xs[i], w)
-
     with cf.ThreadPoolExecutor(4) as ex:
-        for i, out in ex.map(run, list(range(16)) * 4):
-            torch.testing.assert_close(out, refs[i], atol=1e-4, rtol=1e-5)
+        for _ in range(8):  # fresh weights: every round starts with the first-use race
+            w = torch.randn(768, 384) / 384 ** 0.5
+            refs = [x @ w.T for x in xs]
+
+            def run(i, w=w):
+                with torch.inference_mode():
+                    return i, cpu_linear.linear(xs[i], w)
+
+            for i, out in ex.map(run, list(range(16)) * 2):
+                torch.testing.assert_close(out, refs[i], atol=1e-4, rtol=1e-5)
 
 
 def test_weight_update_invalidates_the_packed_copy(kernel):
