@@ -178,13 +178,14 @@ struct TilePlan {
 };
 const TilePlan kPlan;
 
-// Panels [p0, p1) of the job. Rows go in blocks of kRowBlock; inside a block each panel (16 x K floats,
-// L1/L2-resident after its first tile) is swept by the planned row tiles.
-void run_panels(const Job& j, int64_t p0, int64_t p1) {
+// Rows go in blocks of kRowBlock; inside a block each panel (16 x K floats, L1/L2-resident after its
+// first tile) is swept by the planned row tiles.
+void run(const Job& j) {
 #ifdef HLM_X86
+  const int64_t panels = (j.n + kPanel - 1) / kPanel;
   for (int64_t r0 = 0; r0 < j.m; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, j.m - r0);
-    for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t p = 0; p < panels; ++p) {
       const int ncols = static_cast<int>(std::min(kPanel, j.n - p * kPanel));
       const float* panel = j.packed + p * j.k * kPanel;
       const float* bias = j.bias != nullptr ? j.bias + p * kPanel : nullptr;
@@ -198,7 +199,7 @@ void run_panels(const Job& j, int64_t p0, int64_t p1) {
     }
   }
 #else
-  (void)j, (void)p0, (void)p1;
+  (void)j;
 #endif
 }
 
@@ -246,8 +247,7 @@ void small_gemm(const float* x, int64_t m, int64_t k, int64_t ldx, const float* 
     }
     return;
   }
-  const Job job{x, m, k, ldx, packed, n, bias, y, ldy, act_gelu};
-  run_panels(job, 0, (n + kPanel - 1) / kPanel);
+  run(Job{x, m, k, ldx, packed, n, bias, y, ldy, act_gelu});
 }
 
 }  // namespace hlm

@@ -156,9 +156,6 @@ class _BottomEncoder:
     def __getattr__(self, name):  # folder, config, dim, tokenizer, ... of the wrapped encoder
         return getattr(self._enc, name)
 
-    def tokenize(self, texts, prompt=None):
-        return self._enc.tokenize(texts, prompt)
-
     def embed_ids(self, ids_list, normalize: bool = True, dim=None):
         with torch.no_grad():
             return self._bottom.embed(ids_list, normalize).float().cpu().numpy()
@@ -240,11 +237,11 @@ def train_teacher(cfg: TeacherConfig) -> dict:
     log = loop.train(cfg, enc, tower, len(pairs), step_loss, "teacher", log_extra=extra)
     if cfg.evaluate and log["finished"]:
         # Every rank takes part: encode_corpus splits the shards over the ranks (and synchronises them).
-        doc_ft = cached_encode(bottom.encoder() if bottom is not None else enc, train.doc_texts,
-                               finetuned_corpus_dir(cfg.out_dir),
+        ft_enc = bottom.encoder() if bottom is not None else enc
+        doc_ft = cached_encode(ft_enc, train.doc_texts, finetuned_corpus_dir(cfg.out_dir),
                                ids=train.doc_ids, batch_size=cfg.encode_batch_size, show_progress=show)
         if bottom is not None:  # nearly free from the cached bottom states; saves refinement a teacher pass
-            cached_encode(bottom.encoder(), pairs.query_texts, finetuned_queries_dir(cfg.out_dir),
+            cached_encode(ft_enc, pairs.query_texts, finetuned_queries_dir(cfg.out_dir),
                           batch_size=cfg.encode_batch_size, show_progress=show)
         if dist_utils.rank() == 0:
             qd = enc.encode(dev.queries, batch_size=cfg.encode_batch_size)
