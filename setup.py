@@ -3,8 +3,9 @@
 `kernels/` and `train/` sit at the top of the repository (their own layers) but install as
 `hlm_engine.kernels` and `hlm_engine.train`: the bare names belong to other PyPI packages.
 Two C++ extensions, both torch-free: `hlm_engine._scheduler` (the dynamic batching scheduler) and
-`hlm_engine._cpu_gemm` (the small-M fp32 GEMM of CPU query encoding). HLM_BUILD_EXT=0 skips both (the
-pure-Python scheduler twin and oneDNN/MKL GEMMs serve instead).
+`hlm_engine._cpu_kernels` (fp32 CPU inference kernels: the small-M GEMM, packed attention, add + LayerNorm).
+HLM_BUILD_EXT=0 skips both (the pure-Python scheduler twin, oneDNN/MKL GEMMs and the PyTorch references
+serve instead).
 """
 import os
 
@@ -25,10 +26,11 @@ if os.environ.get("HLM_BUILD_EXT", "1") != "0":
         return Pybind11Extension(f"hlm_engine.{name}", [f"csrc/{s}" for s in sources], include_dirs=["csrc"],
                                  cxx_std=17, extra_compile_args=["-O3"])
 
-    # The GEMM is compiled for the baseline ISA: its AVX2/FMA code is selected per function
-    # (target attributes) and only called where the running CPU has them.
+    # The CPU kernels are compiled for the baseline ISA: their AVX2/FMA code is selected per function
+    # (target attributes, csrc/avx2_math.h) and only called where the running CPU has them.
     ext_modules = [ext("_scheduler", ["scheduler.cpp", "scheduler_bindings.cpp"]),
-                   ext("_cpu_gemm", ["small_gemm.cpp", "small_gemm_bindings.cpp"])]
+                   ext("_cpu_kernels", ["small_gemm.cpp", "cpu_attention.cpp", "cpu_layernorm.cpp",
+                                        "cpu_kernels_bindings.cpp"])]
     cmdclass = {"build_ext": build_ext}
 
 setup(packages=packages, package_dir=package_dir,

@@ -22,7 +22,7 @@ from hlm_engine import cpu_linear
 from hlm_engine.report_tables import cpu_gemm_table
 
 SHAPES = [(1152, 384), (384, 384), (1536, 384), (384, 1536)] * 6  # (N, K) per linear, MiniLM-L6
-ROWS = (1, 6, 8, 12, 32, 64, 128, 256)
+ROWS = (1, 6, 8, 12, 32, 64, 128, 256, 512)
 THREADS = (1, 2)
 ROUNDS, REPS = 7, 5
 _rows: dict[str, dict] = {}

@@ -14,12 +14,19 @@ longer: it serves far fewer requests per second): Poisson arrivals for HLM_BENCH
 from CLIENTS client threads (a connection each); latency = reply - *scheduled* arrival (no coordinated
 omission). Servers alternate point by point, so machine noise hits all of them.
 
+Also measured first, in this process with nothing else running: raw encoding rates at one torch thread with no
+transport, batch 1 and the engine's batch size (`raw_encoding`). cores x (batched rate / batch-1 rate) bounds
+what any batching server can reach on this machine against a one-at-a-time server (which cannot use a second
+core for one query): the ceiling the served ratios are read against.
+
 Target (issue 4): >= 5x the baseline's throughput at an equal or better p99. Compared at equal p99: for an
 engine point (throughput T, p99 P), the one-at-a-time server's sustainable throughput at p99 P is bracketed
-by its own measured points (p99 rises with load): below its slowest point whose p99 was worse than P (else
-its capacity); the ratio T / that bound is a lower bound on the engine's advantage. Engine points at or past
-capacity, or that fell behind (achieved < 97% of offered), do not count: an open-loop queue then grows
-for as long as the run lasts, so p99 measures the run length. Baselines: the 1-thread engine against the
+by its own measured points, read as a p99 curve rising with throughput (each point's p99 the lowest
+measured at its throughput or above: noise only inflates a p99, so this favours the baseline): below its
+first point on that curve worse than P (else its capacity); the ratio T / that bound is a lower bound on the
+engine's advantage. Judged only where the baseline has a measured point at or below P (else P is inside the
+machine's noise floor). Engine points at or past capacity, or that fell behind (achieved < 97% of offered),
+do not count: an open-loop queue then grows for as long as the run lasts, so p99 measures the run length. Baselines: the 1-thread engine against the
 1-thread one-at-a-time server; the 2-core engines against the faster (by capacity) of the 1- and 2-thread
 ones, the best a one-at-a-time server does with 2 cores. Also recorded: each engine
 point against the baseline at the same fraction of capacity (where the engine carries 5x+ the traffic, so
@@ -38,7 +45,9 @@ import pytest
 from served_load_client import ServerProcess, closed_loop, open_loop, ping_pong
 
 LOADS = (0.25, 0.5, 0.75, 1.0, 1.25)
-EXTRA_LOADS = (0.9,)   # kept apart ("extra_points"): finer near capacity, where the equal-p99 comparison is decided
+# Kept apart ("extra_points"): finer near capacity, where the one-at-a-time server's p99 turns up and the
+# equal-p99 comparison is decided (its throughput at an engine point's p99 is bracketed by these).
+EXTRA_LOADS = (0.85, 0.9, 0.95)
 CLIENTS = 16
 POINT_S = float(os.environ.get("HLM_BENCH_LOAD_SECONDS", "5"))
 BASE_POINT_S = 1.4 * POINT_S  # ~8x fewer requests per second than the engine: run longer for a steadier p99
@@ -46,10 +55,12 @@ SERVICE_N, BASE_CAP_N, ENGINE_CAP_N = 60, 300, 1500
 CAP_OVERLOAD, CAP_PROBE_S = 1.1, 4.0   # capacity probe: 110% of the closed-loop capacity, open loop
 TARGET_RATIO = 5.0
 STABLE = 0.97   # an engine point counts only if it kept up: achieved >= 97% of offered (else p99 ~ run length)
-# CPU batching: dispatch at once when idle (a batch of one costs ~10 ms here, so waiting to fill one only
+# CPU batching: dispatch at once when idle (a batch of one costs ~4 ms here, so waiting to fill one only
 # adds latency; under load batches fill while the model is busy), cap batches where per-query cost stops
-# falling, and tokenize in the socket thread (one thread hand-off less per request: ~0.1 ms of CPU).
-BATCHING = dict(max_batch_tokens=512, max_batch_size=64, max_delay_us=0, tokenize_in_caller=1)
+# falling (one thread: batch 16 ~590 q/s, 64 ~585: bigger batches only add latency), and tokenize in the
+# socket thread (one thread hand-off less per request: ~0.1 ms of CPU).
+BATCHING = dict(max_batch_tokens=128, max_batch_size=16, max_delay_us=0, tokenize_in_caller=1)
+RAW_BATCH1_QUERIES, RAW_BATCHED_QUERIES, RAW_ROUNDS = 200, 1600, 3
 SERVERS = {
     "one at a time, 1 thread": dict(mode="serial", threads=1),
     "one at a time, 2 threads": dict(mode="serial", threads=2),
@@ -82,6 +93,54 @@ def point(srv, queries, f, cap, seed):
         row["mean_batch_ms"] = round(_delta(m1, m0, "compute_seconds") * 1e3, 2)
         row["mean_queue_wait_ms"] = round(_delta(m1, m0, "queue_wait_seconds") * 1e3, 2)
     return row
+
+
+def raw_encoding(queries) -> dict:
+    """In-process encoding rates (queries/s) at one torch thread, no transport, best of RAW_ROUNDS interleaved
+    rounds: one query at a time (`encode([q])`, as the one-at-a-time server does), and batches of the engine's
+    max_batch_size in arrival order (tokenized once, `embed_ids` per batch, as the engine's workers do) on one
+    worker thread and on two at once. The one-at-a-time server cannot use a second core for one query, so
+    two workers' batched rate over the batch-1 rate is the most any batching server reaches here."""
+    import threading
+    import time
+
+    import torch
+
+    from hlm_engine import Encoder
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        enc = Encoder.from_pretrained("minilm", backend="torch")
+        b = BATCHING["max_batch_size"]
+        one = queries[:RAW_BATCH1_QUERIES]
+        ids = enc.tokenize(queries[:RAW_BATCHED_QUERIES])
+        batches = [ids[i: i + b] for i in range(0, len(ids), b)]
+
+        def run_batches():
+            for batch in batches:
+                enc.embed_ids(batch)
+
+        def two_workers():
+            ts = [threading.Thread(target=run_batches) for _ in range(2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+
+        run_batches()
+        best = {"b1": float("inf"), "one": float("inf"), "two": float("inf")}
+        for _ in range(RAW_ROUNDS):
+            for key, fn in (("b1", lambda: [enc.encode([q], batch_size=1) for q in one]), ("one", run_batches),
+                            ("two", two_workers)):
+                t0 = time.perf_counter()
+                fn()
+                best[key] = min(best[key], time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(saved)
+    q1, qb, q2 = len(one) / best["b1"], len(ids) / best["one"], 2 * len(ids) / best["two"]
+    return {"threads": 1, "batch1_qps": round(q1, 1), "batch_size": b, "batched_qps": round(qb, 1),
+            "batched_2_workers_qps": round(q2, 1), "per_core_ratio": round(qb / q1, 2),
+            "ceiling_ratio_2_cores": round(q2 / q1, 2)}
 
 
 def measure_all(queries) -> dict:
@@ -121,19 +180,28 @@ def measure_all(queries) -> dict:
 
 def baseline_qps_at_p99(base: dict, p99_ms: float) -> tuple[float, float]:
     """(lo, hi): the one-at-a-time server's sustainable throughput at a p99 of `p99_ms` lies in [lo, hi).
-    lo: its fastest measured point with p99 <= p99_ms; hi: its slowest measured point at or above lo whose p99
-    was worse (p99 rises with load, so it cannot go that fast at this p99), else its capacity."""
-    pts = base["points"] + base["extra_points"]
-    lo = max((b["throughput_qps"] for b in pts if b["p99_ms"] <= p99_ms), default=0.0)
-    worse = [b["throughput_qps"] for b in pts if b["p99_ms"] > p99_ms and b["throughput_qps"] >= lo]
-    ceiling = max([base["capacity_qps"]] + [b["throughput_qps"] for b in pts])
-    return lo, min(worse, default=ceiling)
+    Its p99 is read as a non-decreasing curve in throughput, each point taking the lowest p99 measured at its
+    throughput or above: on a shared machine noise only ever inflates a p99 (a hiccup at 25% load read 26 ms
+    against a 7.5 ms service p99), and this reading gives the benefit of that doubt to the baseline.
+    lo: its fastest point at or below `p99_ms` on that curve (0.0 if none: the engine's p99 is inside the
+    machine's noise floor, and the point is not judged); hi: the next faster point, else its capacity."""
+    pts = sorted(base["points"] + base["extra_points"], key=lambda b: b["throughput_qps"])
+    curve, floor = [], float("inf")
+    for b in reversed(pts):
+        floor = min(floor, b["p99_ms"])
+        curve.append((b["throughput_qps"], floor))
+    curve.reverse()
+    lo = max((t for t, p in curve if p <= p99_ms), default=0.0)
+    ceiling = max([base["capacity_qps"]] + [t for t, _ in curve])
+    return lo, min((t for t, p in curve if p > p99_ms and t > lo), default=ceiling)
 
 
 def compare(engine: dict, base: dict) -> tuple[list, list, dict | None]:
     """Per engine point: against the baseline at the same fraction of its capacity, and at equal p99 (the
     target's terms: engine throughput / the most the baseline sustains at that p99, bounded from above).
-    Returns the points, the extra points and the fastest one meeting the target (below capacity), or None."""
+    A point is judged when it is below capacity, kept up with its offered load, and its p99 lies within the
+    baseline's measured curve. Returns the points, the extra points and the fastest judged one meeting the
+    target, or None."""
     rows = []
     same = {b["load_fraction"]: b for b in base["points"] + base["extra_points"]}
     for e in engine["points"] + engine["extra_points"]:
@@ -143,8 +211,8 @@ def compare(engine: dict, base: dict) -> tuple[list, list, dict | None]:
                  p99_vs_baseline=round(e["p99_ms"] / b["p99_ms"], 3),
                  baseline_qps_at_equal_p99=[round(lo, 1), round(hi, 1)],
                  throughput_vs_baseline_at_equal_p99=round(e["throughput_qps"] / hi, 2))
-        e["meets_target"] = bool(e["load_fraction"] < 1.0 and e["throughput_qps"] >= STABLE * e["offered_qps"]
-                                 and e["throughput_vs_baseline_at_equal_p99"] >= TARGET_RATIO)
+        e["judged"] = bool(e["load_fraction"] < 1.0 and e["throughput_qps"] >= STABLE * e["offered_qps"] and lo > 0)
+        e["meets_target"] = bool(e["judged"] and e["throughput_vs_baseline_at_equal_p99"] >= TARGET_RATIO)
         rows.append(e)
     best = max((r for r in rows if r["meets_target"]), key=lambda r: r["throughput_qps"], default=None)
     n = len(engine["points"])
@@ -176,8 +244,8 @@ def runs_from(servers: dict) -> list[dict]:
 
 def target_text(runs: list[dict]) -> str:
     """The target and, when met, its best instance (what `hlm report` prints beside met / not met)."""
-    text = (f"≥ {TARGET_RATIO:g}× one-at-a-time throughput at equal or better p99, compared at equal p99 (the "
-            f"table compares equal % of capacity instead); engine below capacity")
+    text = (f"≥ {TARGET_RATIO:g}× one-at-a-time throughput at equal or better p99, compared at equal p99 "
+            f"(the table's last column), engine points below capacity")
     met = [r for r in runs if r["meets_target"]]
     if met:
         r = max(met, key=lambda r: r["best_point_meeting_target"]["throughput_qps"])
@@ -229,6 +297,7 @@ def plot(servers, runs, path):
 
 def test_served_load(benchmark, bench_queries, machine_info, write_result):
     load_before = machine_info()["loadavg_1_5_15"]
+    raw = raw_encoding(list(bench_queries))
     servers = benchmark.pedantic(measure_all, args=(list(bench_queries),), rounds=1, iterations=1)
     runs = runs_from(servers)
     met = [r for r in runs if r["meets_target"]]
@@ -238,14 +307,16 @@ def test_served_load(benchmark, bench_queries, machine_info, write_result):
                       "--benchmark-only -s",
            "transport": "each server in its own process behind one Unix-socket front-end "
                         "(hlm_engine.socket_server), the load generator in another",
-           "target": target, "runs": runs, "meets_target": bool(met),
+           "raw_encoding": raw, "target": target, "runs": runs, "meets_target": bool(met),
            "engines_meeting_target": [r["engine_name"] for r in met],
            "machine": {**machine_info(), "loadavg_before_1_5_15": load_before}}
     path = write_result("served_load", out)
     png = os.path.join(os.path.dirname(path), "served_load.png")
     plot(servers, runs, png)
     benchmark.extra_info.update({"meets_target": out["meets_target"]})
-    print()
+    print(f"\nraw, 1 thread: batch 1 {raw['batch1_qps']:.0f} q/s, batch {raw['batch_size']} {raw['batched_qps']:.0f} "
+          f"q/s ({raw['per_core_ratio']:.2f}x), 2 workers {raw['batched_2_workers_qps']:.0f} q/s: ceiling on 2 cores vs "
+          f"one at a time {raw['ceiling_ratio_2_cores']:.2f}x")
     for n, s in servers.items():
         print(f"{n:>30}: service p50 {s['service_p50_ms']:5.1f} p99 {s['service_p99_ms']:5.1f} ms, "
               f"capacity {s['capacity_qps']:4.0f} q/s")

@@ -4,11 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define HLM_X86 1
-#define HLM_AVX2 __attribute__((target("avx2,fma")))
-#endif
+#include "avx2_math.h"
 
 namespace hlm {
 
@@ -19,25 +15,6 @@ constexpr int64_t kRowBlock = 64; // rows whose x slice stays in L1/L2 while a p
 constexpr int64_t kPrefetchFloats = 4096;  // 16 KB: ~250 k-steps ahead, past DRAM latency
 
 #ifdef HLM_X86
-// exp(x) for x <= 0 (all GELU needs): Cody-Waite range reduction + a degree-5 polynomial
-// (Cephes expf; relative error ~1e-7).
-HLM_AVX2 inline __m256 exp_neg(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));  // below: 0 (expf underflows there too)
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 // Exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), as BERT/MPNet use it. erf by Abramowitz & Stegun 7.1.26
 // (|error| <= 1.5e-7, the same formula ATen's vectorized erf uses) on |x|, sign restored after.
 HLM_AVX2 inline __m256 gelu(__m256 x) {
@@ -205,14 +182,7 @@ void run(const Job& j) {
 
 }  // namespace
 
-bool small_gemm_supported() {
-#ifdef HLM_X86
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
+bool small_gemm_supported() { return cpu_has_avx2_fma(); }
 
 int64_t packed_size(int64_t n, int64_t k) { return (n + kPanel - 1) / kPanel * kPanel * k; }
 

@@ -5,7 +5,7 @@ the whole weight matrix once, and MKL's sgemm on nn.Linear's row-major [N, K] la
 of weight traffic at that shape on AVX2 EPYC. Two packed kernels serve it, picked once per process:
 
 - "hlm" (default where built and the CPU has AVX2+FMA): our own register-blocked kernel over 16-column
-  weight panels with the GELU in its epilogue (csrc/small_gemm.h, `hlm_engine._cpu_gemm`); ~1.8x oneDNN's
+  weight panels with the GELU in its epilogue (csrc/small_gemm.h, `hlm_engine._cpu_kernels`); ~1.8x oneDNN's
   and ~2.5x MKL's speed at M≈6 on one core (~80% of the core's DRAM stream), no slower than MKL up to a
   few hundred rows (bench/test_cpu_gemm.py, README).
 - "onednn": oneDNN's brgemm on weights reordered for the CPU's vector width (~1.2-1.4x MKL at M≈6),
@@ -31,29 +31,25 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from hlm_engine import cpu_kernels
+
 _ACTS = ("none", "gelu")
 # The oneDNN reorder's batch-size hint only picks its blocking; 8 rows (one short query) is the case.
 _ONEDNN_HINT_ROWS = 8
 # Above these many token rows MKL's sgemm is compute-bound and as fast or faster: oneDNN's prepacked path
-# cost the encoder's batch-64 throughput ~8%; our kernel is 1.15x MKL at 64-128 rows and level at 256 on
-# AVX2 EPYC (bench/test_cpu_gemm.py), so it hands over at 128. It runs on the calling thread only, so with
-# more torch threads it hands over where MKL's threaded sgemm catches up (at 32 rows, 2 threads: 0.95x).
-MAX_ROWS = {"hlm": 128, "onednn": 64}
+# cost the encoder's batch-64 throughput ~8%. Our kernel runs at ~93% of one core's FMA peak from 64 to 512
+# rows (94-96 GFLOPS against MKL's 83-92 on AVX2 EPYC; level at 1024; bench/test_cpu_gemm.py) and fuses the
+# GELU, so at one thread it keeps batches up to 512 rows (the engine's query batches: batch-16..48
+# throughput +4-12%). It runs on the calling thread only, so with more torch threads it hands over where
+# MKL's threaded sgemm catches up (at 32 rows, 2 threads: 0.95x).
+MAX_ROWS = {"hlm": 512, "onednn": 64}
 MAX_ROWS_THREADED = {"hlm": 16, "onednn": 64}
 
 _cache: dict[int, tuple[weakref.ref, int, dict[str, torch.Tensor]]] = {}  # id(w) -> (ref, version, packed by kernel)
 _lock = threading.Lock()
 
 
-def _load_hlm():
-    try:
-        from hlm_engine import _cpu_gemm
-    except ImportError:
-        return None
-    return _cpu_gemm if _cpu_gemm.supported() else None
-
-
-_HLM = _load_hlm()
+_HLM = cpu_kernels.EXT  # None where the extension is not built or the CPU lacks AVX2 + FMA
 
 
 def available() -> list[str]:

@@ -18,7 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from hlm_engine import cpu_linear
+from hlm_engine import cpu_attention, cpu_linear, cpu_norm
 from hlm_engine.kernels.add_layernorm import add_layernorm_ref
 from hlm_engine.kernels.add_rmsnorm import add_rmsnorm_ref
 from hlm_engine.kernels.attention import varlen_attention_ref
@@ -83,9 +83,12 @@ def linear(x, w, b=None, activation="none", backend="torch"):
 
 
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, bias=None, backend="torch"):
-    """q [T, Hq, D], k/v [T, Hkv, D], cu_seqlens [B+1] int32 -> [T, Hq, D]."""
+    """q [T, Hq, D], k/v [T, Hkv, D], cu_seqlens [B+1] int32 -> [T, Hq, D]. CPU fp32 inference runs our
+    kernel on the packed rows (`cpu_attention`: no padding); training and other dtypes the reference."""
     if backend == "triton":
         return _k("attention").varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal, scale, bias)
+    if cpu_attention.usable(q, k, v, bias, max_seqlen):
+        return cpu_attention.varlen_attention(q, k, v, cu_seqlens, causal, scale, bias)
     return varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, causal, scale, bias)
 
 
@@ -97,9 +100,11 @@ def add_rmsnorm(x, residual, weight, eps, backend="torch"):
 
 
 def add_layernorm(x, residual, weight, bias, eps, backend="torch"):
-    """-> (layernorm(x + residual), x + residual)."""
+    """-> (layernorm(x + residual), x + residual). CPU fp32 inference: one fused pass (`cpu_norm`)."""
     if backend == "triton":
         return _k("add_layernorm").add_layernorm(x, residual, weight, bias, eps)
+    if cpu_norm.usable(x, residual, weight, bias):
+        return cpu_norm.add_layernorm(x, residual, weight, bias, eps)
     return add_layernorm_ref(x, residual, weight, bias, eps)
 
 

@@ -114,6 +114,12 @@ def encoder_table(enc: dict) -> str:
             pg = r["ours_plain_gemm"]
             lines.append(f"| {n} | hlm-engine on plain F.linear (MKL sgemm) | – | {pg['p50_ms']:.1f} | "
                          f"{pg['p99_ms']:.1f} | {kernel}: {r['prepacked_speedup_b1']:.2f}× faster at batch 1 |")
+        if "ours_reference_attention_norm" in r:  # the attention + LayerNorm lever isolated
+            ra = r["ours_reference_attention_norm"]
+            lines.append(f"| {n} | hlm-engine on reference attention + LayerNorm (padded SDPA, ATen) | "
+                         f"{ra['qps']:.0f} | {ra['p50_ms']:.1f} | {ra['p99_ms']:.1f} | our CPU kernels: "
+                         f"{r['ours']['qps'] / ra['qps']:.2f}× batch 64, {ra['p50_ms'] / r['ours']['p50_ms']:.2f}× "
+                         f"batch 1 |")
     return "\n".join(lines)
 
 
@@ -170,6 +176,16 @@ def served_table(sv: dict) -> str:
            f"arrivals, Engine({eng.get('max_batch_tokens', '?')} tokens, {eng.get('max_batch_size', '?')} "
            f"requests, {eng.get('max_delay_us', '?')} µs)" + (f"; {sv['transport']}" if sv.get("transport") else "")
            + "."]
+    raw = sv.get("raw_encoding")
+    if raw:  # what batching can buy on this machine at all, before any transport
+        two = raw.get("batched_2_workers_qps")
+        out.append(f"\nRaw encoding in-process at one torch thread, no transport: one at a time "
+                   f"{raw['batch1_qps']:.0f} queries/s; batches of {raw['batch_size']} {raw['batched_qps']:.0f} "
+                   f"queries/s on one worker ({raw['per_core_ratio']:.2f}×)"
+                   + (f", {two:.0f} on two" if two else "") + ". A one-at-a-time server cannot use a second core "
+                   f"for one query, so on 2 cores a batching server reaches at most "
+                   f"**{raw['ceiling_ratio_2_cores']:.2f}×** its throughput, before any transport: the ceiling the "
+                   f"ratios below are read against.")
     for run in served_runs(sv):
         b, e = run["baseline"], run["engine"]
         out.append(f"\n**{run['threads']} torch thread(s)**: one request at a time: p50 {b['service_p50_ms']:.1f} ms, "
@@ -177,14 +193,21 @@ def served_table(sv: dict) -> str:
                    f"{e['capacity_qps']:.0f} queries/s ({e['capacity_qps'] / b['capacity_qps']:.2f}×).\n")
         if b.get("points"):
             out.append("| offered load | one-at-a-time q/s | p50 ms | p99 ms | engine q/s | p50 ms | p99 ms "
-                       "| mean batch | × throughput | p99 ≤ one-at-a-time |")
-            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-            for br, er in zip(b["points"], e["points"]):
+                       "| mean batch | × throughput | × at equal p99 |")
+            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            by_load = lambda side: sorted(side["points"] + side.get("extra_points", []),  # noqa: E731
+                                          key=lambda r: r["load_fraction"])
+            for br, er in zip(by_load(b), by_load(e)):
+                eq = er.get("throughput_vs_baseline_at_equal_p99")
+                # the points the target is judged on (below capacity, kept up, p99 within the baseline's
+                # measured curve); "≥": the ratio is a lower bound
+                judged = er.get("judged", er["load_fraction"] < 1.0
+                                and er["throughput_qps"] >= 0.97 * er.get("offered_qps", 0))
+                eq = "–" if eq is None else f"≥ {eq:.2f}" if judged else f"({eq:.2f})"
                 out.append(f"| {100 * er['load_fraction']:.0f}% | {br['throughput_qps']:.0f} | {br['p50_ms']:.0f} | "
                            f"{br['p99_ms']:.0f} | {er['throughput_qps']:.0f} | {er['p50_ms']:.0f} | {er['p99_ms']:.0f} "
                            f"| {_f(er.get('mean_batch_size'), '.1f')} "
-                           f"| {er['throughput_qps'] / br['throughput_qps']:.2f} "
-                           f"| {'yes' if er['p99_ms'] <= br['p99_ms'] else 'no'} |")
+                           f"| {er['throughput_qps'] / br['throughput_qps']:.2f} | {eq} |")
         else:
             out.append("| offered load | achieved q/s | × one-at-a-time | p50 ms | p99 ms |")
             out.append("|---:|---:|---:|---:|---:|")

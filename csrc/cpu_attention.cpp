@@ -1,0 +1,144 @@
+// Packed multi-head attention on CPU (see cpu_attention.h for the why).
+#include "cpu_attention.h"
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "avx2_math.h"
+
+namespace hlm {
+
+namespace {
+
+#ifdef HLM_X86
+// Scores of one (pre-scaled) query row against 8*NV keys: s[j] = sum_d qs[d] * kt[d * ldk + j]. NV
+// accumulators of 8 keys each; every head-dim element is one broadcast + NV FMAs, no horizontal sums.
+template <int NV>
+HLM_AVX2 void scores(const float* qs, int64_t d, const float* kt, int64_t ldk, float* s) {
+  __m256 acc[NV];
+  _Pragma("GCC unroll 8") for (int c = 0; c < NV; ++c) acc[c] = _mm256_setzero_ps();
+  for (int64_t dd = 0; dd < d; ++dd) {
+    const __m256 qb = _mm256_broadcast_ss(qs + dd);
+    const float* row = kt + dd * ldk;
+    _Pragma("GCC unroll 8") for (int c = 0; c < NV; ++c) acc[c] = _mm256_fmadd_ps(qb, _mm256_loadu_ps(row + 8 * c), acc[c]);
+  }
+  _Pragma("GCC unroll 8") for (int c = 0; c < NV; ++c) _mm256_storeu_ps(s + 8 * c, acc[c]);
+}
+
+// out[0:8*DV] = inv * sum_{j<n} p[j] * v[j * v_st + 0:8*DV] (v rows: this head's slice of each token).
+template <int DV>
+HLM_AVX2 void weighted_sum(const float* p, int64_t n, const float* v, int64_t v_st, float inv, float* out) {
+  __m256 acc[DV];
+  _Pragma("GCC unroll 8") for (int c = 0; c < DV; ++c) acc[c] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const __m256 pb = _mm256_broadcast_ss(p + j);
+    const float* row = v + j * v_st;
+    _Pragma("GCC unroll 8") for (int c = 0; c < DV; ++c) acc[c] = _mm256_fmadd_ps(pb, _mm256_loadu_ps(row + 8 * c), acc[c]);
+  }
+  const __m256 iv = _mm256_set1_ps(inv);
+  _Pragma("GCC unroll 8") for (int c = 0; c < DV; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], iv));
+}
+
+using ScoresFn = void (*)(const float*, int64_t, const float*, int64_t, float*);
+using SumFn = void (*)(const float*, int64_t, const float*, int64_t, float, float*);
+const ScoresFn kScores[9] = {nullptr, scores<1>, scores<2>, scores<3>, scores<4>,
+                             scores<5>, scores<6>, scores<7>, scores<8>};
+const SumFn kSums[9] = {nullptr, weighted_sum<1>, weighted_sum<2>, weighted_sum<3>, weighted_sum<4>,
+                        weighted_sum<5>, weighted_sum<6>, weighted_sum<7>, weighted_sum<8>};
+
+// One query row: n visible keys (all L, or i + 1 when causal), scores -> softmax -> P @ V.
+HLM_AVX2 void attend_row(const AttnArgs& a, const float* qrow, const float* brow, int64_t n, const float* kt,
+                         int64_t ldk, const float* v, float* s, float* qs, float* orow) {
+  const int64_t d = a.head_dim;
+  const __m256 sc = _mm256_set1_ps(a.scale);
+  for (int64_t dd = 0; dd < d; dd += 8) _mm256_storeu_ps(qs + dd, _mm256_mul_ps(_mm256_loadu_ps(qrow + dd), sc));
+  const int64_t nvec = (n + 7) / 8;
+  for (int64_t c0 = 0; c0 < nvec; c0 += 8) {
+    kScores[std::min<int64_t>(8, nvec - c0)](qs, d, kt + 8 * c0, ldk, s + 8 * c0);
+  }
+  if (brow != nullptr) {
+    for (int64_t j = 0; j < n; ++j) s[j] += brow[j];
+  }
+  const int64_t padded = nvec * 8;
+  for (int64_t j = n; j < padded; ++j) s[j] = -std::numeric_limits<float>::infinity();
+  __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < padded; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
+  const __m256 m = _mm256_set1_ps(hmax(mx));
+  for (int64_t j = 0; j < padded; j += 8) _mm256_storeu_ps(s + j, exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + j), m)));
+  for (int64_t j = n; j < padded; ++j) s[j] = 0.f;  // masked keys: exactly 0, not exp(-87)
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < padded; j += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(s + j));
+  const float inv = 1.f / hsum(sum);
+  for (int64_t c0 = 0; c0 < d; c0 += 64) {
+    kSums[std::min<int64_t>(8, (d - c0) / 8)](s, n, v + c0, a.v_st, inv, orow + c0);
+  }
+}
+
+HLM_AVX2 void run(const AttnArgs& a) {
+  int64_t max_ld = 0;
+  for (int64_t b = 0; b < a.batch; ++b) max_ld = std::max<int64_t>(max_ld, a.cu_seqlens[b + 1] - a.cu_seqlens[b]);
+  max_ld = (max_ld + 7) / 8 * 8;
+  std::vector<float> kt_buf(static_cast<size_t>(a.head_dim * max_ld)), s(static_cast<size_t>(max_ld)),
+      qs(static_cast<size_t>(a.head_dim));
+  float* kt = kt_buf.data();
+  const int64_t group = a.hq / a.hkv;
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t t0 = a.cu_seqlens[b], len = a.cu_seqlens[b + 1] - t0;
+    const int64_t ld = (len + 7) / 8 * 8;  // K^T row length; the zeroed tail scores 0 and is masked
+    for (int64_t g = 0; g < a.hkv; ++g) {
+      for (int64_t dd = 0; dd < a.head_dim; ++dd) {
+        float* dst = kt + dd * ld;
+        const float* src = a.k + t0 * a.k_st + g * a.k_sh + dd;
+        for (int64_t j = 0; j < len; ++j) dst[j] = src[j * a.k_st];
+        for (int64_t j = len; j < ld; ++j) dst[j] = 0.f;
+      }
+      const float* v = a.v + t0 * a.v_st + g * a.v_sh;
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {  // GQA: the query heads sharing kv head g
+        const float* bh = a.bias != nullptr ? a.bias + h * a.b_sh : nullptr;
+        for (int64_t i = 0; i < len; ++i) {
+          attend_row(a, a.q + (t0 + i) * a.q_st + h * a.q_sh, bh != nullptr ? bh + i * a.b_si : nullptr,
+                     a.causal ? i + 1 : len, kt, ld, v, s.data(), qs.data(), a.out + (t0 + i) * a.o_st + h * a.o_sh);
+        }
+      }
+    }
+  }
+}
+#endif
+
+[[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("varlen_attention: " + what); }
+
+void validate(const AttnArgs& a) {
+  if (a.batch < 0 || a.tokens < 0) bad("negative batch or token count");
+  if (a.hq < 1 || a.hkv < 1 || a.hq % a.hkv != 0) {
+    bad("query heads (" + std::to_string(a.hq) + ") must be a positive multiple of kv heads (" +
+        std::to_string(a.hkv) + ")");
+  }
+  if (a.head_dim < 8 || a.head_dim % 8 != 0) bad("head_dim must be a positive multiple of 8, got " + std::to_string(a.head_dim));
+  if (a.cu_seqlens[0] != 0) bad("cu_seqlens[0] must be 0, got " + std::to_string(a.cu_seqlens[0]));
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t len = a.cu_seqlens[b + 1] - a.cu_seqlens[b];
+    if (len < 0) bad("cu_seqlens must be non-decreasing (sequence " + std::to_string(b) + " has length " + std::to_string(len) + ")");
+    if (a.bias != nullptr && len > a.bias_len) {
+      bad("sequence " + std::to_string(b) + " has " + std::to_string(len) + " tokens but the bias covers " +
+          std::to_string(a.bias_len));
+    }
+  }
+  if (a.cu_seqlens[a.batch] != a.tokens) {
+    bad("cu_seqlens[-1] = " + std::to_string(a.cu_seqlens[a.batch]) + " but q has " + std::to_string(a.tokens) + " tokens");
+  }
+}
+
+}  // namespace
+
+void varlen_attention(const AttnArgs& a) {
+  validate(a);
+  if (!cpu_has_avx2_fma()) throw std::runtime_error("varlen_attention: this CPU lacks AVX2 + FMA");
+#ifdef HLM_X86
+  run(a);
+#endif
+}
+
+}  // namespace hlm
