@@ -10,7 +10,7 @@ is aligned to it and serves queries online.
 Every step caches its result under --work-dir (default ./runs/demo) and is skipped when done, so a second
 run only prints. Data: $HLM_DATA_DIR (or --data-dir), else the packaged sample set. Default sizes (a corpus
 slice: every dev-judged product and every positive of the chosen train queries plus random distractors)
-take ~13 min on 2 idle CPU cores (see DEFAULTS for the measured phases); --full uses every product, train
+take ~12 min on 2 idle CPU cores (see DEFAULTS for the measured phases); --full uses every product, train
 query and log query with longer training.
 Quality is exact top-100 search over the teacher's corpus vectors, Recall@K with relevance >= 2.67.
 """
@@ -33,8 +33,8 @@ from .embed import cached_encode, retrieval_quality
 from .refine import RefineConfig, train_refine
 from .teacher import TeacherConfig, finetuned_corpus_dir, finetuned_queries_dir, prepare, train_teacher
 
-# Sized for ~15 min on 2 idle CPU cores: measured 770 s for the pipeline (13.4 min for `make demo` from a
-# fresh work dir, 2 torch threads, quiet box): teacher phase 343 s, align 265 s, refine 68 s, baseline 61 s,
+# Sized for ~15 min on 2 idle CPU cores: measured 698 s for the pipeline (11.7 min for `make demo` from a
+# fresh work dir, 2 torch threads, quiet box): teacher phase 303 s, align 247 s, refine 58 s, baseline 59 s,
 # the rest encodings, evaluation and serving (bench/results/training.json). MPNet (fp32) encodes only ~20 titles/s per core, so teacher
 # encoding is half the run: the corpus slice (every product judged for the chosen dev queries + every train
 # positive: 6,455, no room left for distractors) twice (off the shelf: the "before" row and the mining; then
