@@ -14,6 +14,13 @@ pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
                                 reason="CPU kernels not built (HLM_BUILD_EXT=0) or no AVX2+FMA")
 
 
+@pytest.fixture(autouse=True)
+def kernels_on():
+    """On for every test here, whatever HLM_CPU_KERNELS the suite runs under."""
+    with cpu_kernels.use(True):
+        yield
+
+
 def _cu(lens):
     cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(lens), 0)
@@ -160,6 +167,15 @@ def test_bad_setting_named(monkeypatch):
     with pytest.raises(ValueError, match="HLM_CPU_KERNELS='fast'"):
         cpu_kernels._setting("fast")
     assert cpu_kernels._setting("0") is False and cpu_kernels._setting("auto") is True
+
+
+def test_without_the_extension_the_references_serve(monkeypatch):
+    """HLM_BUILD_EXT=0 or a CPU without AVX2+FMA: auto means off, and asking for the kernels says why."""
+    monkeypatch.setattr(cpu_kernels, "EXT", None)
+    assert cpu_kernels._setting("auto") is False
+    with pytest.raises(RuntimeError, match="HLM_BUILD_EXT != 0, and a CPU with AVX2 \\+ FMA"):
+        with cpu_kernels.use(True):
+            pass
 
 
 def test_concurrent_callers_get_their_own_results():
