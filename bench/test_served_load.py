@@ -14,10 +14,11 @@ longer: it serves far fewer requests per second): Poisson arrivals for HLM_BENCH
 from CLIENTS client threads (a connection each); latency = reply - *scheduled* arrival (no coordinated
 omission). Servers alternate point by point, so machine noise hits all of them.
 
-Also measured first, in this process with nothing else running: raw encoding rates at one torch thread with no
-transport, batch 1 and the engine's batch size (`raw_encoding`). cores x (batched rate / batch-1 rate) bounds
-what any batching server can reach on this machine against a one-at-a-time server (which cannot use a second
-core for one query): the ceiling the served ratios are read against.
+Also measured first, in this process with nothing else running: raw encoding rates at one torch thread with
+no transport (`raw_encoding`): batch 1, and batches of the engine's size on one and on two worker threads. Two
+workers' rate over the batch-1 rate bounds what any batching server can reach on this machine against a
+one-at-a-time server (which cannot use a second core for one query): the ceiling the served ratios are
+read against.
 
 Target (issue 4): >= 5x the baseline's throughput at an equal or better p99. Compared at equal p99: for an
 engine point (throughput T, p99 P), the one-at-a-time server's sustainable throughput at p99 P is bracketed
@@ -26,8 +27,8 @@ measured at its throughput or above: noise only inflates a p99, so this favours 
 first point on that curve worse than P (else its capacity); the ratio T / that bound is a lower bound on the
 engine's advantage. Judged only where the baseline has a measured point at or below P (else P is inside the
 machine's noise floor). Engine points at or past capacity, or that fell behind (achieved < 97% of offered),
-do not count: an open-loop queue then grows for as long as the run lasts, so p99 measures the run length. Baselines: the 1-thread engine against the
-1-thread one-at-a-time server; the 2-core engines against the faster (by capacity) of the 1- and 2-thread
+do not count: an open-loop queue then grows for as long as the run lasts, so p99 measures the run length.
+Baselines: the 1-thread engine against the 1-thread one-at-a-time server; the 2-core engines against the faster (by capacity) of the 1- and 2-thread
 ones, the best a one-at-a-time server does with 2 cores. Also recorded: each engine
 point against the baseline at the same fraction of capacity (where the engine carries 5x+ the traffic, so
 its p99 is higher), and the service-time p99 with no queueing, which no batching server matches while
@@ -38,6 +39,8 @@ Writes bench/results/served_load.json and bench/results/served_load.png (latency
 """
 import os
 import tempfile
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -101,9 +104,6 @@ def raw_encoding(queries) -> dict:
     max_batch_size in arrival order (tokenized once, `embed_ids` per batch, as the engine's workers do) on one
     worker thread and on two at once. The one-at-a-time server cannot use a second core for one query, so
     two workers' batched rate over the batch-1 rate is the most any batching server reaches here."""
-    import threading
-    import time
-
     import torch
 
     from hlm_engine import Encoder

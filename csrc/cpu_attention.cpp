@@ -14,50 +14,35 @@ namespace hlm {
 namespace {
 
 #ifdef HLM_X86
-// Scores of one (pre-scaled) query row against 8*NV keys: s[j] = sum_d qs[d] * kt[d * ldk + j]. NV
-// accumulators of 8 keys each; every head-dim element is one broadcast + NV FMAs, no horizontal sums.
+// The kernel's one inner loop, for both products: out[0:8*NV] = scale * sum_{i<n} a[i] * m[i * ld + 0:8*NV].
+// Scores: a = the query row (n = head_dim), m = K^T (8*NV keys per row), scale = the softmax scale. P @ V: a = the
+// softmax numerators (n = keys), m = V rows (8*NV head-dim lanes), scale 1 / sum. NV accumulators of 8
+// lanes; each a[i] is one broadcast + NV FMAs, no horizontal sums.
 template <int NV>
-HLM_AVX2 void scores(const float* qs, int64_t d, const float* kt, int64_t ldk, float* s) {
+HLM_AVX2 void rows_combination(const float* a, int64_t n, const float* m, int64_t ld, float scale, float* out) {
   __m256 acc[NV];
   _Pragma("GCC unroll 8") for (int c = 0; c < NV; ++c) acc[c] = _mm256_setzero_ps();
-  for (int64_t dd = 0; dd < d; ++dd) {
-    const __m256 qb = _mm256_broadcast_ss(qs + dd);
-    const float* row = kt + dd * ldk;
-    _Pragma("GCC unroll 8") for (int c = 0; c < NV; ++c) acc[c] = _mm256_fmadd_ps(qb, _mm256_loadu_ps(row + 8 * c), acc[c]);
+  for (int64_t i = 0; i < n; ++i) {
+    const __m256 ab = _mm256_broadcast_ss(a + i);
+    const float* row = m + i * ld;
+    _Pragma("GCC unroll 8") for (int c = 0; c < NV; ++c) acc[c] = _mm256_fmadd_ps(ab, _mm256_loadu_ps(row + 8 * c), acc[c]);
   }
-  _Pragma("GCC unroll 8") for (int c = 0; c < NV; ++c) _mm256_storeu_ps(s + 8 * c, acc[c]);
+  const __m256 sc = _mm256_set1_ps(scale);
+  _Pragma("GCC unroll 8") for (int c = 0; c < NV; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], sc));
 }
 
-// out[0:8*DV] = inv * sum_{j<n} p[j] * v[j * v_st + 0:8*DV] (v rows: this head's slice of each token).
-template <int DV>
-HLM_AVX2 void weighted_sum(const float* p, int64_t n, const float* v, int64_t v_st, float inv, float* out) {
-  __m256 acc[DV];
-  _Pragma("GCC unroll 8") for (int c = 0; c < DV; ++c) acc[c] = _mm256_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    const __m256 pb = _mm256_broadcast_ss(p + j);
-    const float* row = v + j * v_st;
-    _Pragma("GCC unroll 8") for (int c = 0; c < DV; ++c) acc[c] = _mm256_fmadd_ps(pb, _mm256_loadu_ps(row + 8 * c), acc[c]);
-  }
-  const __m256 iv = _mm256_set1_ps(inv);
-  _Pragma("GCC unroll 8") for (int c = 0; c < DV; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], iv));
-}
-
-using ScoresFn = void (*)(const float*, int64_t, const float*, int64_t, float*);
-using SumFn = void (*)(const float*, int64_t, const float*, int64_t, float, float*);
-const ScoresFn kScores[9] = {nullptr, scores<1>, scores<2>, scores<3>, scores<4>,
-                             scores<5>, scores<6>, scores<7>, scores<8>};
-const SumFn kSums[9] = {nullptr, weighted_sum<1>, weighted_sum<2>, weighted_sum<3>, weighted_sum<4>,
-                        weighted_sum<5>, weighted_sum<6>, weighted_sum<7>, weighted_sum<8>};
+using CombineFn = void (*)(const float*, int64_t, const float*, int64_t, float, float*);
+const CombineFn kCombine[9] = {nullptr, rows_combination<1>, rows_combination<2>, rows_combination<3>,
+                               rows_combination<4>, rows_combination<5>, rows_combination<6>,
+                               rows_combination<7>, rows_combination<8>};
 
 // One query row: n visible keys (all L, or i + 1 when causal), scores -> softmax -> P @ V.
 HLM_AVX2 void attend_row(const AttnArgs& a, const float* qrow, const float* brow, int64_t n, const float* kt,
-                         int64_t ldk, const float* v, float* s, float* qs, float* orow) {
+                         int64_t ldk, const float* v, float* s, float* orow) {
   const int64_t d = a.head_dim;
-  const __m256 sc = _mm256_set1_ps(a.scale);
-  for (int64_t dd = 0; dd < d; dd += 8) _mm256_storeu_ps(qs + dd, _mm256_mul_ps(_mm256_loadu_ps(qrow + dd), sc));
   const int64_t nvec = (n + 7) / 8;
   for (int64_t c0 = 0; c0 < nvec; c0 += 8) {
-    kScores[std::min<int64_t>(8, nvec - c0)](qs, d, kt + 8 * c0, ldk, s + 8 * c0);
+    kCombine[std::min<int64_t>(8, nvec - c0)](qrow, d, kt + 8 * c0, ldk, a.scale, s + 8 * c0);
   }
   if (brow != nullptr) {
     for (int64_t j = 0; j < n; ++j) s[j] += brow[j];
@@ -73,7 +58,7 @@ HLM_AVX2 void attend_row(const AttnArgs& a, const float* qrow, const float* brow
   for (int64_t j = 0; j < padded; j += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(s + j));
   const float inv = 1.f / hsum(sum);
   for (int64_t c0 = 0; c0 < d; c0 += 64) {
-    kSums[std::min<int64_t>(8, (d - c0) / 8)](s, n, v + c0, a.v_st, inv, orow + c0);
+    kCombine[std::min<int64_t>(8, (d - c0) / 8)](s, n, v + c0, a.v_st, inv, orow + c0);
   }
 }
 
@@ -81,8 +66,7 @@ HLM_AVX2 void run(const AttnArgs& a) {
   int64_t max_ld = 0;
   for (int64_t b = 0; b < a.batch; ++b) max_ld = std::max<int64_t>(max_ld, a.cu_seqlens[b + 1] - a.cu_seqlens[b]);
   max_ld = (max_ld + 7) / 8 * 8;
-  std::vector<float> kt_buf(static_cast<size_t>(a.head_dim * max_ld)), s(static_cast<size_t>(max_ld)),
-      qs(static_cast<size_t>(a.head_dim));
+  std::vector<float> kt_buf(static_cast<size_t>(a.head_dim * max_ld)), s(static_cast<size_t>(max_ld));
   float* kt = kt_buf.data();
   const int64_t group = a.hq / a.hkv;
   for (int64_t b = 0; b < a.batch; ++b) {
@@ -100,7 +84,7 @@ HLM_AVX2 void run(const AttnArgs& a) {
         const float* bh = a.bias != nullptr ? a.bias + h * a.b_sh : nullptr;
         for (int64_t i = 0; i < len; ++i) {
           attend_row(a, a.q + (t0 + i) * a.q_st + h * a.q_sh, bh != nullptr ? bh + i * a.b_si : nullptr,
-                     a.causal ? i + 1 : len, kt, ld, v, s.data(), qs.data(), a.out + (t0 + i) * a.o_st + h * a.o_sh);
+                     a.causal ? i + 1 : len, kt, ld, v, s.data(), a.out + (t0 + i) * a.o_st + h * a.o_sh);
         }
       }
     }
