@@ -29,7 +29,7 @@ demo: models
 
 # A two-minute look: encode ads and queries with both default models, timings and nearest neighbours.
 quicklook: models
-	$(PY) -m hlm_engine.demo $(DEMO_ARGS)
+	$(PY) -m hlm_engine.quicklook $(DEMO_ARGS)
 
 test: models
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)

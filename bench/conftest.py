@@ -35,7 +35,7 @@ def data_dir():
 @pytest.fixture(scope="session")
 def bench_queries(data_dir) -> list[str]:
     """The first 2,000 real Home Depot queries, train then dev, in file order (deterministic)."""
-    from hlm_engine.data import load_homedepot
+    from hlm_engine.retrieval.data import load_homedepot
     qs = load_homedepot("train", data_dir).queries + load_homedepot("dev", data_dir).queries
     assert len(qs) >= NUM_BENCH_QUERIES, f"only {len(qs)} queries in {data_dir}"
     return qs[:NUM_BENCH_QUERIES]

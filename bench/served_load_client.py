@@ -1,5 +1,5 @@
 """Load generation for bench/test_served_load.py, in the benchmark's own process (the server is another
-process: `served_load_server.py`), over `hlm_engine.socket_server`'s wire format.
+process: `served_load_server.py`), over `hlm_engine.serving.socket_server`'s wire format.
 
     srv = ServerProcess("engine", threads=2, socket_path=..., workers=1).wait_ready()
     thr = closed_loop(srv.path, texts)                       # everything queued at once: capacity (q/s)
@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from hlm_engine.socket_server import OK, encode_request, parse_replies
+from hlm_engine.serving.socket_server import OK, encode_request, parse_replies
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "served_load_server.py")
 

@@ -1,5 +1,5 @@
 """The serving process of bench/test_served_load.py: the real student behind a Unix socket
-(`hlm_engine.socket_server`), in one of two modes, so both sides of the comparison share one transport:
+(`hlm_engine.serving.socket_server`), in one of two modes, so both sides of the comparison share one transport:
 
     engine  - `Engine` (dynamic batching: tokenizer thread -> C++ scheduler -> model thread)
     serial  - one request at a time: a single thread runs `encoder.encode([text])` per request, in order
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     import torch
 
     from hlm_engine import Encoder, Engine
-    from hlm_engine.socket_server import SocketServer
+    from hlm_engine.serving.socket_server import SocketServer
     torch.set_num_threads(a.threads)
     enc = Encoder.from_pretrained(a.model, backend="torch")
     warm = ["cordless drill", "outdoor patio furniture set with cushions", "led light bulbs"] * 22

@@ -1,7 +1,7 @@
 """The CPU GEMMs of query encoding, side by side, against the machine's two limits.
 
 MiniLM's 24 linears per forward (6 layers x QKV 1152x384, out 384x384, up 1536x384 + GELU, down 384x1536;
-42.5 MB of fp32 weights) at M token rows, for every GEMM path `hlm_engine.cpu_linear` has: our small-M
+42.5 MB of fp32 weights) at M token rows, for every GEMM path `hlm_engine.ops.cpu.linear` has: our small-M
 kernel (csrc/small_gemm.h), oneDNN on prepacked weights, and plain F.linear (MKL sgemm), interleaved in
 rounds (median of 7). Against:
   - the memory limit: this core's DRAM read stream (GB/s of a 170 MB torch.sum; the weights do not fit the
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from hlm_engine import cpu_linear
-from hlm_engine.report_tables import cpu_gemm_table
+from hlm_engine.ops.cpu import linear as cpu_linear
+from hlm_engine.report.tables import cpu_gemm_table
 
 SHAPES = [(1152, 384), (384, 384), (1536, 384), (384, 1536)] * 6  # (N, K) per linear, MiniLM-L6
 ROWS = (1, 6, 8, 12, 32, 64, 128, 256, 512)
@@ -47,10 +47,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _forward_gemms(xs, weights):
+def _forward_gemms(xs, weights, kernel):
     """The 24 linears of one forward; x per K (the FFN-down input is wider)."""
     for (n, k), (w, b) in zip(SHAPES, weights):
-        cpu_linear.linear(xs[k], w, b, "gelu" if n == 1536 else "none")
+        cpu_linear.linear(xs[k], w, b, "gelu" if n == 1536 else "none", kernel=kernel)
 
 
 @pytest.mark.parametrize("threads", THREADS)
@@ -73,15 +73,13 @@ def test_cpu_gemm_paths(benchmark, threads, machine_info, write_result, capsys):
                 xs = {384: torch.randn(m, 384, generator=g), 1536: torch.randn(m, 1536, generator=g)}
                 times = {p or "mkl": [] for p in paths}
                 for p in paths:  # warm: packs each path's weights once
-                    with cpu_linear.use(p):
-                        _forward_gemms(xs, weights)
+                    _forward_gemms(xs, weights, p)
                 for r in range(ROUNDS):
                     for p in paths[r % len(paths):] + paths[: r % len(paths)]:
-                        with cpu_linear.use(p):
-                            t0 = time.perf_counter()
-                            for _ in range(REPS):
-                                _forward_gemms(xs, weights)
-                            times[p or "mkl"].append((time.perf_counter() - t0) / REPS)
+                        t0 = time.perf_counter()
+                        for _ in range(REPS):
+                            _forward_gemms(xs, weights, p)
+                        times[p or "mkl"].append((time.perf_counter() - t0) / REPS)
                 table[m] = {name: {"ms": float(np.median(t)) * 1e3,
                                    "weight_gbps": weight_bytes / float(np.median(t)) / 1e9,
                                    "gflops": flops_per_row * m / float(np.median(t)) / 1e9}
@@ -90,7 +88,7 @@ def test_cpu_gemm_paths(benchmark, threads, machine_info, write_result, capsys):
     finally:
         torch.set_num_threads(before)
     row = {"threads": threads, "stream_gbps": stream, "matmul_probe_gflops": probe, "weight_mb": weight_bytes / 1e6,
-           "default_kernel": cpu_linear.KERNEL, "rows": {str(m): v for m, v in table.items()}}
+           "default_kernel": cpu_linear.DEFAULT, "rows": {str(m): v for m, v in table.items()}}
     _rows[f"threads={threads}"] = row
     path = write_result("cpu_gemm", {"machine": machine_info(), "shapes": "MiniLM-L6: 6 x (1152x384, 384x384, "
                                      "1536x384+GELU, 384x1536)", "runs": _rows})

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from hlm_engine.index import build_index, exact_topk
-from hlm_engine.index.params import STATED_RECALL, default_kind
+from hlm_engine.retrieval.index import build_index, exact_topk
+from hlm_engine.retrieval.index.params import STATED_RECALL, default_kind
 
 K = 100
 B1_QUERIES = 200          # queries timed one at a time
@@ -34,8 +34,8 @@ def _cache_root():
 
 @pytest.fixture(scope="module")
 def corpus():
-    from hlm_engine.corpus import encode_corpus, load_embeddings, model_identity
-    from hlm_engine.data import data_dir, load_homedepot
+    from hlm_engine.retrieval.corpus import encode_corpus, load_embeddings, model_identity
+    from hlm_engine.retrieval.data import data_dir, load_homedepot
     if data_dir() is None:
         pytest.skip("set HLM_DATA_DIR to the folder holding homedepot/")
     hd = load_homedepot("dev")

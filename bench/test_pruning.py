@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from hlm_engine import Encoder
-from hlm_engine.eval import format_table
+from hlm_engine.retrieval.eval import format_table
 from hlm_engine.io import atomic_path, write_json
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -98,7 +98,7 @@ def data_dir():
 
 
 def test_pruning_pareto(benchmark, data_dir):
-    from hlm_engine.data import load_homedepot
+    from hlm_engine.retrieval.data import load_homedepot
     from hlm_engine.train.progressive import ProgressiveConfig, run_progressive
     b = _budget()
     work = os.environ.get("HLM_BENCH_WORK") or os.path.expanduser("~/.cache/hlm/bench_pruning")

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from hlm_engine.scheduler import Scheduler, _cpp_module
+from hlm_engine.serving.scheduler import Scheduler, _cpp_module
 
 N = {"cpp": 400_000, "python": 100_000}
 PRODUCERS = 4
@@ -93,13 +93,13 @@ class NoopEncoder:
     def embed_ids(self, ids_list, normalize=True, dim=None):
         return np.zeros((len(ids_list), dim or self.dim), np.float32)
 
-    def _check_dim(self, dim):
+    def check_dim(self, dim):
         pass
 
 
 def engine_run(impl: str, n: int) -> float:
     from hlm_engine import Engine
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     from hlm_engine.tokenizer import TextTokenizer
     enc = NoopEncoder(TextTokenizer(os.path.join(resolve("minilm"), "tokenizer.json"), 256))
     words = "cordless drill bit set led light bulb patio deck screw paint white".split()

@@ -1,6 +1,6 @@
 """Served load: the real student (all-MiniLM-L6-v2) on CPU behind `Engine`, vs a server that encodes one
 request at a time. Every server runs in its own process behind the same Unix-socket front-end
-(`hlm_engine.socket_server`); the open-loop load generator runs in this process, so load generation
+(`hlm_engine.serving.socket_server`); the open-loop load generator runs in this process, so load generation
 never shares a GIL with serving.
 
 Servers (SERVERS), all started at once and idle until measured:
@@ -306,7 +306,7 @@ def test_served_load(benchmark, bench_queries, machine_info, write_result):
            "command": "HLM_DATA_DIR=../shared/data .venv/bin/python -m pytest bench/test_served_load.py "
                       "--benchmark-only -s",
            "transport": "each server in its own process behind one Unix-socket front-end "
-                        "(hlm_engine.socket_server), the load generator in another",
+                        "(hlm_engine.serving.socket_server), the load generator in another",
            "raw_encoding": raw, "target": target, "runs": runs, "meets_target": bool(met),
            "engines_meeting_target": [r["engine_name"] for r in met],
            "machine": {**machine_info(), "loadavg_before_1_5_15": load_before}}

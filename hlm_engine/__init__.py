@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 from hlm_engine.config import EncoderConfig, preset  # noqa: E402
 from hlm_engine.encoder import Encoder  # noqa: E402
 
-_LAZY = {"Engine": "hlm_engine.engine", "Retriever": "hlm_engine.retriever"}
+_LAZY = {"Engine": "hlm_engine.serving.engine", "Retriever": "hlm_engine.retrieval.retriever"}
 
 
 def __getattr__(name):

@@ -2,6 +2,7 @@
 
     enc = Encoder.from_pretrained("minilm" | "mpnet" | path, backend="auto", dtype=None)
     emb = enc.encode(texts, batch_size=64, normalize=True, dim=None, prompt=None)   # np.float32 [n, d]
+    q = enc.embed(texts, role="query")      # the embedding interface (also `Engine`): the role's prompt applied
 
 Texts are tokenized in one Rust batch call, sorted by length (so packed batches hold similar lengths
 and the order of work is deterministic), packed without padding, and run through our own model code.
@@ -19,13 +20,19 @@ import torch.nn.functional as F
 from hlm_engine import ops
 from hlm_engine.config import EncoderConfig, load_folder_config, to_hf_config
 from hlm_engine.io import atomic_dir
-from hlm_engine.modeling import build_model
-from hlm_engine.modeling.packing import PackedBatch, pack
-from hlm_engine.models import resolve
+from hlm_engine.models import build_model
+from hlm_engine.hub import resolve
+from hlm_engine.models.packing import PackedBatch, pack
 from hlm_engine.tokenizer import TextTokenizer
 from hlm_engine.weights import hf_to_ours, ours_to_hf, read_weight_files
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+ROLES = ("query", "document")
+
+
+def check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: choose 'query' or 'document'")
 
 
 def qwen3_query_prompt(task: str) -> str:
@@ -113,16 +120,48 @@ class Encoder:
     def backend(self) -> str:
         return self.model.backend
 
+    @property
+    def ops(self):
+        """The backend object the model was built with (chosen once)."""
+        return self.model.ops
+
+    def with_backend(self, backend) -> "Encoder":
+        """The same weights behind another backend (a name, or a backend object such as
+        `hlm_engine.ops.cpu.CpuBackend(gemm="onednn")`): side-by-side tests and benchmarks. The model is a
+        shallow copy sharing every parameter; this encoder is left as it was."""
+        import copy
+        model = copy.copy(self.model)
+        model.ops = ops.get(backend if not isinstance(backend, str) else ops.resolve_backend(backend, self.device))
+        model.backend = model.ops.name
+        return Encoder(self.config, model, self.tokenizer, self.folder, self.device, self.dtype)
+
+    # ------------------------------------------------------------------ the embedding interface
+    def prompt_for(self, role: str) -> str | None:
+        """The text prefix of a role: a query gets the model's query instruction (Qwen3-Embedding's
+        `Instruct: ...\nQuery:`; none for MiniLM/MPNet), a document none."""
+        check_role(role)
+        return getattr(self.config, "query_instruction", None) if role == "query" else None
+
+    def embed(self, texts, role: str = "query", dim: int | None = None, batch_size: int = 64) -> np.ndarray:
+        """Texts in a role -> L2-normalised np.float32 [n, dim or self.dim] (what `Engine.embed` returns too)."""
+        return self.encode(texts, batch_size=batch_size, dim=dim, prompt=self.prompt_for(role))
+
+    @property
+    def space(self) -> dict:
+        """The embedding space's identity: {name, dim, checksum, space} (see `hlm_engine.identity`)."""
+        from hlm_engine.identity import space_of
+        return space_of(self)
+
     # ------------------------------------------------------------------ forward
     def embed_batch(self, batch: PackedBatch, normalize: bool = True, dim: int | None = None) -> torch.Tensor:
         """Packed batch -> pooled embeddings [B, d] (differentiable on the torch backend)."""
-        self._check_dim(dim)
+        self.check_dim(dim)
         hidden = self.model(batch)
         proj = getattr(self.model, "proj", None)
         if proj is None:
-            return ops.pool(hidden, batch.cu_seqlens, self.config.pooling, dim, normalize, backend=self.backend)
-        pooled = ops.pool(hidden, batch.cu_seqlens, self.config.pooling, None, False, backend=self.backend)
-        out = ops.linear(pooled, proj.weight, proj.bias)  # folded student->teacher projection
+            return self.ops.pool(hidden, batch.cu_seqlens, self.config.pooling, dim, normalize)
+        pooled = self.ops.pool(hidden, batch.cu_seqlens, self.config.pooling, None, False)
+        out = self.ops.linear(pooled, proj.weight, proj.bias)  # folded student->teacher projection
         out = out[:, :dim] if dim is not None else out
         return F.normalize(out.float(), dim=-1).to(out.dtype) if normalize else out
 
@@ -139,7 +178,7 @@ class Encoder:
                prompt: str | None = None, show_progress: bool = False) -> np.ndarray:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self._check_dim(dim)
+        self.check_dim(dim)
         ids = self.tokenize(texts, prompt)
         n = len(ids)
         out = np.empty((n, dim or self.dim), dtype=np.float32)
@@ -155,7 +194,8 @@ class Encoder:
             out[idx] = self.embed_ids([ids[i] for i in idx], normalize, dim)
         return out
 
-    def _check_dim(self, dim):
+    def check_dim(self, dim) -> None:
+        """Raise ValueError unless dim is None or an int in [1, self.dim] (Matryoshka truncation)."""
         if dim is not None and not (isinstance(dim, int) and 1 <= dim <= self.dim):
             raise ValueError(f"dim must be an int in [1, {self.dim}] (Matryoshka truncation), got {dim!r}")
 

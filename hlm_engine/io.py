@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -77,3 +78,22 @@ def atomic_dir(path: str):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_update_file(h, path: str) -> None:
+    """Feed a file's bytes to the hash `h` in 4 MiB chunks."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    sha256_update_file(h, path)
+    return h.hexdigest()
+
+
+def sha256_json(obj, n: int | None = None) -> str:
+    """sha256 of a JSON-serialisable object (sorted keys): a stable cache key; the first n hex digits."""
+    d = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return d if n is None else d[:n]

@@ -13,6 +13,7 @@ import os
 import torch
 
 from hlm_engine.config import EncoderConfig
+from hlm_engine.io import sha256_update_file
 
 # Prefixes that wrap the bare encoder in various HF heads / sentence-transformers exports.
 _PREFIXES = ("bert.", "mpnet.", "model.", "roberta.", "0.auto_model.", "auto_model.")
@@ -183,8 +184,6 @@ def weights_checksum(folder: str) -> str:
     files = sorted(glob.glob(os.path.join(folder, "*.safetensors"))) or \
         sorted(glob.glob(os.path.join(folder, "pytorch_model*.bin")))
     for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        sha256_update_file(h, f)
     return h.hexdigest()
 

@@ -38,5 +38,5 @@ def mpnet():
 
 @pytest.fixture(scope="session")
 def homedepot_dev(data_dir):
-    from hlm_engine.data import load_homedepot
+    from hlm_engine.retrieval.data import load_homedepot
     return load_homedepot("dev", data_dir)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hlm_engine.data import load_query_log, read_tsv
+from hlm_engine.retrieval.data import load_query_log, read_tsv
 from hlm_engine.io import write_json
-from hlm_engine.modeling.packing import pack
+from hlm_engine.models.packing import pack
 from hlm_engine.weights import weights_checksum
 
 from . import distributed as dist_utils
@@ -56,8 +56,12 @@ class AlignConfig:
     resume: bool = False
     stop_after: int | None = None
     encode_batch_size: int = 128
-    extra_texts_file: str | None = None    # TSV (id, text) of more texts to align on, e.g. the ad titles
+    extra_texts_file: str | None = None    # TSV (id, text) of more texts to align on, e.g. the ad titles;
+    #                                        several: comma-separated, each with its own targets folder
     extra_targets_dir: str | None = None   # their teacher vectors (an encode_corpus folder; computed if absent)
+    eval_every: int = 0                    # dev-split quality every N steps (the quality-vs-steps curve)
+    eval_corpus_dir: str | None = None     # ... against these teacher corpus vectors (an encode_corpus folder)
+    eval_dev_queries: int | None = None    # ... on a seeded subset of the dev queries (None = all)
 
 
 def load_queries(cfg: AlignConfig) -> tuple[list[str], int]:
@@ -76,6 +80,53 @@ def load_queries(cfg: AlignConfig) -> tuple[list[str], int]:
     order = np.random.default_rng([cfg.seed, 3]).permutation(len(qs))
     n = len(qs) if cfg.max_queries is None else min(len(qs), cfg.max_queries + holdout)
     return [qs[i] for i in order[:n]], holdout
+
+
+def _extras(cfg: AlignConfig) -> list[tuple[dict, str | None]]:
+    """[(TSV columns id/text, its targets folder or None)] of the extra alignment texts, read up front."""
+    if not cfg.extra_texts_file:
+        return []
+    files = [f.strip() for f in cfg.extra_texts_file.split(",") if f.strip()]
+    dirs = [d.strip() or None for d in cfg.extra_targets_dir.split(",")] if cfg.extra_targets_dir else []
+    if len(dirs) > len(files) or (dirs and len(dirs) != len(files)):
+        raise ValueError(f"{len(files)} extra text file(s) but {len(dirs)} targets folder(s): give one per file")
+    out = []
+    for k, f in enumerate(files):
+        rows = read_tsv(f, ["id", "text"])
+        if not rows["text"]:
+            raise ValueError(f"{f}: no rows")
+        out.append((rows, dirs[k] if dirs else None))
+    return out
+
+
+def dev_probe(cfg: AlignConfig):
+    """(step -> dev metrics) of the encoder being trained, or None: the curve of quality against steps."""
+    if not cfg.eval_every:
+        return None
+    if not cfg.eval_corpus_dir:
+        raise ValueError("eval_every needs eval_corpus_dir (the teacher's corpus vectors to search)")
+    from hlm_engine.retrieval.corpus import load_embeddings
+
+    from .common import choose_queries, subset_queries
+    from .data import DEFAULT_THRESHOLD, load_split, restrict
+    from .embed import retrieval_quality
+    doc_ids, docs = load_embeddings(cfg.eval_corpus_dir)
+    dev = load_split("dev", cfg.data_dir)
+    dev = subset_queries(dev, choose_queries(len(dev.query_ids), cfg.eval_dev_queries, cfg.seed))
+    row = {d: i for i, d in enumerate(dev.doc_ids)}
+    missing = [d for d in doc_ids if d not in row]
+    if missing:
+        raise ValueError(f"{cfg.eval_corpus_dir}: {len(missing)} ids not in the product corpus, e.g. {missing[0]!r}")
+    dev = restrict(dev, np.array([row[d] for d in doc_ids]))
+
+    def probe(enc) -> dict:
+        was = enc.model.training
+        enc.model.eval()
+        q = enc.encode(dev.queries, batch_size=cfg.encode_batch_size)
+        enc.model.train(was)
+        return {t: retrieval_quality(q, docs, dev.query_ids, dev.doc_ids, dev.qrels, t)
+                for t in (DEFAULT_THRESHOLD, 3.0)}
+    return probe
 
 
 def write_alignment(folder: str, teacher: str, teacher_folder: str) -> None:
@@ -114,9 +165,8 @@ def train_align(cfg: AlignConfig) -> dict:
     torch.manual_seed(cfg.seed)
     dist_utils.setup()
     queries, holdout = load_queries(cfg)
-    extra = read_tsv(cfg.extra_texts_file, ["id", "text"]) if cfg.extra_texts_file else None  # checked up front
-    if extra is not None and not extra["text"]:
-        raise ValueError(f"{cfg.extra_texts_file}: no rows")
+    extras = _extras(cfg)  # checked up front
+    probe = dev_probe(cfg)
     teacher_folder, t_dim = check_folder(cfg.teacher, "teacher")
     start = resume_or(cfg.student, cfg.out_dir, cfg.resume)
     enc = load_encoder(start, cfg.max_length, "student")
@@ -131,15 +181,15 @@ def train_align(cfg: AlignConfig) -> dict:
     held, train_ids = ids[:holdout], ids[holdout:]
     held_t, train_t = targets[:holdout], targets[holdout:]
     n_extra = 0
-    if extra is not None:
+    for k, (extra, tdir) in enumerate(extras):
         extra_t = cached_encode(teacher_folder, extra["text"],
-                                cfg.extra_targets_dir or cache_dir(cfg.out_dir, "extra_targets"), ids=extra["id"],
-                                batch_size=cfg.encode_batch_size, show_progress=show)
+                                tdir or cache_dir(cfg.out_dir, "extra_targets" + (f"_{k}" if k else "")),
+                                ids=extra["id"], batch_size=cfg.encode_batch_size, show_progress=show)
         if extra_t.shape[1] != t_dim:
             raise ValueError(f"extra targets are {extra_t.shape[1]}-d, the teacher is {t_dim}-d")
         train_ids = train_ids + enc.tokenize(extra["text"])
         train_t = np.concatenate([train_t, extra_t])
-        n_extra = len(extra["text"])
+        n_extra += len(extra["text"])
 
     def init():
         n = min(len(train_ids), 4096)
@@ -157,9 +207,27 @@ def train_align(cfg: AlignConfig) -> dict:
     def extra_files(folder: str) -> None:
         write_alignment(folder, cfg.teacher, teacher_folder)
 
+    curve = []  # (step, dev metrics): kept in the run log, restored on resume from the checkpoint's log
+
+    def on_step(done: int) -> None:
+        if probe is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            curve[:] = [c for c in curve if c["step"] < done]  # a resumed run re-measures past its checkpoint
+            curve.append({"step": done, "distance": distance(enc, held, held_t), **probe(enc)})
+            write_json(os.path.join(cfg.out_dir, "curve.json"), curve)
+
+    if probe is not None:
+        old = os.path.join(cfg.out_dir, "curve.json")
+        if cfg.resume and os.path.exists(old):
+            import json
+            with open(old) as f:
+                curve.extend(json.load(f))
+        if not curve:
+            on_step(0)
     log = loop.train(cfg, enc, tower, len(train_ids), step_loss, "align", extra_files,
                      {"queries": len(train_ids) - n_extra, "extra_texts": n_extra, "holdout": len(held),
-                      "distance_before": dist_before})
+                      "distance_before": dist_before}, on_step=on_step)
+    if curve:
+        log["curve"] = curve
     if dist_utils.rank() == 0:
         log["distance_after"] = distance(enc, held, held_t)
         write_json(os.path.join(cfg.out_dir, "run_log.json"), log)

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from hlm_engine.data import RetrievalSet
+from hlm_engine.retrieval.data import RetrievalSet
 from hlm_engine.encoder import Encoder
 
 from . import loop
@@ -36,7 +36,7 @@ def check_folder(name_or_path: str, role: str) -> tuple[str, int]:
     from tokenizers import Tokenizer
 
     from hlm_engine.config import load_folder_config
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     folder = resolve(name_or_path)
     cfg = load_folder_config(folder)
     tv = Tokenizer.from_file(os.path.join(folder, "tokenizer.json")).get_vocab_size(with_added_tokens=True)

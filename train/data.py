@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hlm_engine.data import RetrievalSet, load_homedepot
+from hlm_engine.retrieval.data import RetrievalSet, load_homedepot
 
 DEFAULT_THRESHOLD = 2.67
 

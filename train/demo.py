@@ -22,8 +22,8 @@ import os
 import sys
 import time
 
-from hlm_engine.data import data_dir
-from hlm_engine.eval import format_table, recovery
+from hlm_engine.retrieval.data import data_dir
+from hlm_engine.retrieval.eval import format_table, recovery
 from hlm_engine.io import write_json
 
 from .align import AlignConfig, train_align
@@ -64,7 +64,7 @@ TEACHER_CPU_RECIPE = dict(batch_size=8, num_negatives=1, trainable_layers=4, lr=
 def teacher_recipe(teacher: str) -> dict:
     """TEACHER_CPU_RECIPE with the trained top layers capped at the teacher's depth."""
     from hlm_engine.config import load_folder_config
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     depth = load_folder_config(resolve(teacher)).num_layers
     return TEACHER_CPU_RECIPE | {"trainable_layers": min(TEACHER_CPU_RECIPE["trainable_layers"], depth)}
 
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     docs = cached_encode(teacher_folder, train.doc_texts, corpus_dir, ids=train.doc_ids)
     index_dir = os.path.join(w, f"index-{tag}-{sl}")
     if not os.path.exists(os.path.join(index_dir, "manifest.json")):
-        from hlm_engine.index import build_index_from_embeddings_dir
+        from hlm_engine.retrieval.index import build_index_from_embeddings_dir
         build_index_from_embeddings_dir(corpus_dir, out_dir=index_dir)
 
     def quality(encoder_or_folder, doc_matrix=docs):
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
               "settings": {k: v for k, v in vars(a).items() if k not in ("work_dir", "data_dir", "publish")}}
     write_json(os.path.join(w, "results.json"), result)
     if a.publish:
-        from hlm_engine.machine import machine_stamp
+        from hlm_engine.report.machine import machine_stamp
         write_json(a.publish, result | {"machine": machine_stamp()})
         print(f"[demo] published to {a.publish}")
     print(f"[demo] results in {w}/results.json ({time.perf_counter() - t_start:.0f} s)")

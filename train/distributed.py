@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from hlm_engine.modeling.packing import PackedBatch
+from hlm_engine.models.packing import PackedBatch
 
 
 def setup() -> tuple[int, int]:

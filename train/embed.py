@@ -1,16 +1,16 @@
 """Cached encodings (corpora, query logs, teacher targets) and the dev-split quality check of a phase.
 
-Encodings go through `hlm_engine.corpus.encode_corpus` (sharded, resumable, pinned to the model's weight
+Encodings go through `hlm_engine.retrieval.corpus.encode_corpus` (sharded, resumable, pinned to the model's weight
 checksum), so an interrupted teacher-target pass resumes shard by shard and a finished one is reused.
-Retrieval quality: exact top-100 by inner product against a document matrix, scored by `hlm_engine.eval`.
+Retrieval quality: exact top-100 by inner product against a document matrix, scored by `hlm_engine.retrieval.eval`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from hlm_engine.corpus import encode_corpus, load_embeddings
-from hlm_engine.eval import HOMEDEPOT_THRESHOLD, compute_metrics
-from hlm_engine.index.exact import exact_topk
+from hlm_engine.retrieval.corpus import encode_corpus, load_embeddings
+from hlm_engine.retrieval.eval import HOMEDEPOT_THRESHOLD, compute_metrics
+from hlm_engine.retrieval.index.exact import exact_topk
 
 
 def cached_encode(encoder, texts: list[str], out_dir: str, ids: list[str] | None = None, batch_size: int = 64,

@@ -72,6 +72,11 @@ def checkpoint_model_dir(out_dir: str) -> str:
     return os.path.join(out_dir, CHECKPOINT, "model")
 
 
+def final_model_dir(cfg) -> str:
+    """Where a finished run leaves its model: cfg.model_dir when a config has one set, else out_dir/model."""
+    return getattr(cfg, "model_dir", None) or os.path.join(cfg.out_dir, "model")
+
+
 def save_checkpoint(out_dir: str, encoder, optimizer, step: int, losses: list[float],
                     extra_files: Callable[[str], None] | None = None) -> None:
     with atomic_dir(os.path.join(out_dir, CHECKPOINT)) as tmp:
@@ -119,11 +124,14 @@ def adamw(groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Ada
 
 
 def train(cfg, encoder, tower, n_examples: int, step_loss: Callable[[int, np.ndarray], torch.Tensor],
-          name: str, extra_files: Callable[[str], None] | None = None, log_extra: dict | None = None) -> dict:
+          name: str, extra_files: Callable[[str], None] | None = None, log_extra: dict | None = None,
+          on_step: Callable[[int], None] | None = None) -> dict:
     """Run steps [start, cfg.steps) of `step_loss(step, global_batch_indices) -> scalar loss`.
 
     cfg needs: out_dir, steps, batch_size, lr, warmup_steps, weight_decay, seed, save_every, resume,
-    stop_after (None, or stop — checkpointed — once this many steps have run in this process).
+    stop_after (None, or stop — checkpointed — once this many steps have run in this process); optional
+    model_dir (where the final model goes; default out_dir/model). `on_step(steps_done)` runs on the main
+    rank after every step (e.g. a dev-quality probe).
     """
     if cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
@@ -174,6 +182,8 @@ def train(cfg, encoder, tower, n_examples: int, step_loss: Callable[[int, np.nda
         stopping = cfg.stop_after is not None and seen >= cfg.stop_after and done < cfg.steps
         if is_main and (stopping or (cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps)):
             save_checkpoint(cfg.out_dir, encoder, opt, done, losses, extra_files)
+        if is_main and on_step is not None:
+            on_step(done)
         dist_utils.barrier()
         if stopping:
             break
@@ -186,16 +196,17 @@ def train(cfg, encoder, tower, n_examples: int, step_loss: Callable[[int, np.nda
            "world_size": dist_utils.world_size(), "losses": losses,
            "loss_first10": float(np.mean(losses[:10])) if losses else math.nan,
            "loss_last10": float(np.mean(losses[-10:])) if losses else math.nan, **(log_extra or {})}
+    model_dir = final_model_dir(cfg)
     if is_main:
         if done >= cfg.steps:
-            encoder.save_pretrained(os.path.join(cfg.out_dir, "model"))
+            encoder.save_pretrained(model_dir)
             if extra_files:
-                extra_files(os.path.join(cfg.out_dir, "model"))
+                extra_files(model_dir)
             save_checkpoint(cfg.out_dir, encoder, opt, done, losses, extra_files)
         write_json(os.path.join(cfg.out_dir, "run_log.json"), log)
         if losses:
             save_loss_png(os.path.join(cfg.out_dir, "loss.png"), losses, f"{name} loss")
     dist_utils.barrier()
     if done >= cfg.steps:
-        encoder.folder = os.path.join(cfg.out_dir, "model")  # the in-memory weights are now this folder's
+        encoder.folder = model_dir  # the in-memory weights are now this folder's
     return log

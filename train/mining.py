@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hlm_engine.index.exact import exact_topk
+from hlm_engine.retrieval.index.exact import exact_topk
 
 
 def mine_hard_negatives(query_emb: np.ndarray, doc_emb: np.ndarray, k: int, skip: list[set[int]],

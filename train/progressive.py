@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hlm_engine.eval import recovery
+from hlm_engine.retrieval.eval import recovery
 from hlm_engine.io import write_json
 
 from . import prune as P
@@ -81,6 +81,11 @@ class ProgressiveConfig:
     resume: bool = False
     stop_after_steps: int | None = None     # stop after this many pruning steps ran in this process
     encode_batch_size: int = 128
+    targets_dir: str | None = None          # teacher-target cache of the log (default: out_dir/cache/...;
+    #                                         share it with the align phase that used the same log)
+    refine_doc_embeddings: str | None = None    # refine against these teacher corpus vectors (default: the
+    #                                             dev check's cache) ...
+    refine_query_targets_dir: str | None = None  # ... with these teacher train-query vectors as the anchor
 
 
 def parse_schedule(text: str) -> list[tuple[int, int | None]]:
@@ -179,7 +184,7 @@ def _warmup(warmup: int, steps: int) -> int:
 
 def _align_cfg(cfg: ProgressiveConfig, student: str, out_dir: str, steps: int) -> AlignConfig:
     return AlignConfig(student=student, teacher=cfg.teacher, data_dir=cfg.data_dir, queries_file=cfg.queries_file,
-                       targets_dir=cache_dir(cfg.out_dir, "teacher_targets"), out_dir=out_dir,
+                       targets_dir=cfg.targets_dir or cache_dir(cfg.out_dir, "teacher_targets"), out_dir=out_dir,
                        max_queries=cfg.max_queries, holdout=cfg.holdout, max_length=cfg.max_length, steps=steps,
                        batch_size=cfg.batch_size, lr=cfg.align_lr, warmup_steps=_warmup(cfg.warmup_steps, steps),
                        seed=cfg.seed, save_every=cfg.save_every, resume=cfg.resume,
@@ -190,7 +195,9 @@ def _align_cfg(cfg: ProgressiveConfig, student: str, out_dir: str, steps: int) -
 def _refine(cfg: ProgressiveConfig, student: str, out_dir: str) -> dict:
     from .refine import RefineConfig, train_refine
     log = train_refine(RefineConfig(
-        student=student, teacher=cfg.teacher, doc_embeddings=cache_dir(cfg.out_dir, "teacher_corpus"),
+        student=student, teacher=cfg.teacher,
+        doc_embeddings=cfg.refine_doc_embeddings or cache_dir(cfg.out_dir, "teacher_corpus"),
+        query_targets_dir=cfg.refine_query_targets_dir,
         data_dir=cfg.data_dir, out_dir=out_dir, max_train_queries=cfg.max_train_queries,
         max_products=cfg.max_products, max_length=cfg.max_length, steps=cfg.refine_steps,
         batch_size=cfg.refine_batch_size, lr=cfg.refine_lr, warmup_steps=_warmup(20, cfg.refine_steps),

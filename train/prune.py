@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hlm_engine.encoder import Encoder
-from hlm_engine.modeling import build_model
-from hlm_engine.modeling.packing import pack
+from hlm_engine.models import build_model
+from hlm_engine.models.packing import pack
 
 
 def _calibration_batches(enc: Encoder, texts: list[str], batch_size: int):

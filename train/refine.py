@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from hlm_engine.io import write_json
-from hlm_engine.modeling.packing import pack
+from hlm_engine.models.packing import pack
 
 from . import distributed as dist_utils
 from . import loop

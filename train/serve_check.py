@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from hlm_engine.engine import Engine
-from hlm_engine.eval import compute_metrics
-from hlm_engine.retriever import Retriever
+from hlm_engine.serving.engine import Engine
+from hlm_engine.retrieval.eval import compute_metrics
+from hlm_engine.retrieval.retriever import Retriever
 
 
 def serve_queries(index_dir: str, encoder, query_ids: list[str], queries: list[str], qrels: dict,

@@ -32,8 +32,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from hlm_engine.data import data_dir as resolve_data_dir
-from hlm_engine.eval import recovery
+from hlm_engine.retrieval.data import data_dir as resolve_data_dir
+from hlm_engine.retrieval.eval import recovery
 from hlm_engine.io import read_json, write_json
 
 from .study_config import QWEN3_RANDOM, Cell, StudyConfig, stable_hash
@@ -59,7 +59,7 @@ def _link(target: str, link: str) -> None:
 def count_params(folder: str) -> int:
     """Parameters of a model folder, built on the meta device (no memory, no weights read)."""
     from hlm_engine.config import load_folder_config
-    from hlm_engine.modeling import build_model
+    from hlm_engine.models import build_model
     with torch.device("meta"):
         model = build_model(load_folder_config(folder), "torch")
     return int(sum(p.numel() for p in model.parameters()))
@@ -77,7 +77,7 @@ def build_qwen3_student(cell: Cell, out_dir: str, max_length: int, seed: int) ->
     """A Qwen3-architecture student from our config system: random init, the real Qwen3 tokenizer."""
     from hlm_engine import Encoder
     from hlm_engine.config import preset
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     cfg = preset("qwen3-190m", hidden_size=cell.qwen3_hidden, num_layers=cell.qwen3_layers,
                  num_heads=cell.qwen3_heads, num_kv_heads=cell.qwen3_kv_heads, head_dim=cell.qwen3_head_dim,
                  intermediate_sizes=[cell.qwen3_ffn] * cell.qwen3_layers, max_length=max_length)
@@ -133,7 +133,7 @@ class Study:
     def corpus_dir(self) -> str:
         if self.s.corpus_cache:
             return os.path.abspath(os.path.expanduser(self.s.corpus_cache))
-        from hlm_engine.corpus import corpus_checksum
+        from hlm_engine.retrieval.corpus import corpus_checksum
         train = self.data[0]
         return self._path("cache", f"teacher-corpus-{corpus_checksum(train.doc_ids, train.doc_texts)[:16]}")
 
@@ -364,7 +364,7 @@ class Study:
             cells = []
             for c in tqdm(self.cfg.cells, desc="study", unit="cell", disable=not self.progress):
                 cells.append(self.run_cell(c))
-            from hlm_engine.corpus import model_identity
+            from hlm_engine.retrieval.corpus import model_identity
             teacher_folder = self.teacher[0]
             t_sum = model_identity(teacher_folder)["checksum"]
             t_eval = self.teacher_quality(0)

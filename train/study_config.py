@@ -14,11 +14,12 @@ TOML has no null: sizes take an integer or "all"; optional strings are "".
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tomllib
 from dataclasses import dataclass, field
+
+from hlm_engine.io import sha256_json
 
 OBJECTIVES = ("l2", "mse", "cosine", "infonce", "none")   # "none": direct asymmetric fine-tuning, no alignment
 QWEN3_RANDOM = "qwen3-random"                            # student built from our config system, random init
@@ -103,7 +104,7 @@ class StudyConfig:
 
 def stable_hash(obj, n: int = 16) -> str:
     """Short sha256 of a JSON-serialisable object (sorted keys): the cache key of a setting set."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+    return sha256_json(obj, n)
 
 
 # ------------------------------------------------------------------------------------------- parsing

@@ -54,7 +54,7 @@ def measure(encoders: dict, latency_queries: list[str], throughput_queries: list
 
 def _queries(data_dir: str | None, n: int, seed: int) -> list[str]:
     """n real dev queries (seeded; repeated when the split has fewer)."""
-    from hlm_engine.data import load_homedepot
+    from hlm_engine.retrieval.data import load_homedepot
     dev = load_homedepot("dev", data_dir).queries
     order = np.random.default_rng([seed, 17]).permutation(len(dev))
     picked = [dev[i] for i in order[:n]]
@@ -75,7 +75,7 @@ def cached_speed(study, models: dict[str, tuple[str, str]]) -> dict:
     if os.path.exists(path) and not study.remeasure:
         return read_json(path)
     study.computed.append(f"speed:{os.path.basename(path)}")
-    from hlm_engine.machine import machine_stamp
+    from hlm_engine.report.machine import machine_stamp
 
     from .common import load_encoder
     before = torch.get_num_threads()

@@ -21,7 +21,7 @@ import torch
 
 from hlm_engine import ops
 from hlm_engine.io import write_json
-from hlm_engine.modeling.packing import pack
+from hlm_engine.models.packing import pack
 
 from . import distributed as dist_utils
 from . import loop
@@ -64,6 +64,9 @@ class TeacherConfig:
     evaluate: bool = True
     encode_batch_size: int = 64
     base_corpus_dir: str | None = None     # cache of the off-the-shelf teacher's corpus vectors (shareable)
+    corpus_dir: str | None = None          # where the fine-tuned teacher's corpus vectors go (default:
+    #                                        finetuned_corpus_dir(out_dir)); the index input
+    model_dir: str | None = None           # where the fine-tuned model goes (default: out_dir/model)
 
 
 def prepare(cfg: TeacherConfig):
@@ -238,7 +241,7 @@ def train_teacher(cfg: TeacherConfig) -> dict:
     if cfg.evaluate and log["finished"]:
         # Every rank takes part: encode_corpus splits the shards over the ranks (and synchronises them).
         ft_enc = bottom.encoder() if bottom is not None else enc
-        doc_ft = cached_encode(ft_enc, train.doc_texts, finetuned_corpus_dir(cfg.out_dir),
+        doc_ft = cached_encode(ft_enc, train.doc_texts, cfg.corpus_dir or finetuned_corpus_dir(cfg.out_dir),
                                ids=train.doc_ids, batch_size=cfg.encode_batch_size, show_progress=show)
         if bottom is not None:  # nearly free from the cached bottom states; saves refinement a teacher pass
             cached_encode(ft_enc, pairs.query_texts, finetuned_queries_dir(cfg.out_dir),

@@ -20,7 +20,7 @@ def run(a):
     import time
 
     from hlm_engine import Encoder
-    from hlm_engine.data import read_texts
+    from hlm_engine.retrieval.data import read_texts
     from hlm_engine.io import save_npy
 
     texts = read_texts(a.input, a.column)

@@ -16,8 +16,8 @@ def register(sub):
 
 
 def run(a):
-    from hlm_engine.corpus import encode_corpus
-    from hlm_engine.data import read_tsv
+    from hlm_engine.retrieval.corpus import encode_corpus
+    from hlm_engine.retrieval.data import read_tsv
 
     t = read_tsv(a.corpus, [a.id_column, a.text_column])
     m = encode_corpus(a.model, t[a.id_column], t[a.text_column], a.out, shard_size=a.shard_size,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def register(sub):
-    from hlm_engine.eval import HOMEDEPOT_THRESHOLD
+    from hlm_engine.retrieval.eval import HOMEDEPOT_THRESHOLD
     p = sub.add_parser("eval", help="P/R@10,100, nDCG@10, MRR@10 of a model over an index (+ teacher recovery)")
     p.add_argument("--index", required=True)
     p.add_argument("--model", required=True, help="query encoder (the student)")
@@ -19,10 +19,10 @@ def register(sub):
 
 
 def run(a):
-    from hlm_engine.data import read_qrels, read_tsv
-    from hlm_engine.eval import compute_metrics, format_table, overlap_at_k, recovery
+    from hlm_engine.retrieval.data import read_qrels, read_tsv
+    from hlm_engine.retrieval.eval import compute_metrics, format_table, overlap_at_k, recovery
     from hlm_engine.io import write_json
-    from hlm_engine.retriever import Retriever
+    from hlm_engine.retrieval.retriever import Retriever
 
     q = read_tsv(a.queries, ["query_id", "query"])
     qrels = read_qrels(a.qrels)

@@ -1,7 +1,7 @@
 """`hlm index build|info|add|remove`: ANN index over encode-corpus shards (faiss; GPU when present)."""
 from __future__ import annotations
 
-from hlm_engine.index.params import KINDS
+from hlm_engine.retrieval.index.params import KINDS
 
 _PARAMS = ("nlist", "nprobe", "pq_m", "pq_nbits", "hnsw_m", "ef_construction", "ef_search", "cagra_degree")
 
@@ -30,7 +30,7 @@ def register(sub):
 def run(a):
     import json
 
-    from hlm_engine.index import AnnIndex, build_index_from_embeddings_dir
+    from hlm_engine.retrieval.index import AnnIndex, build_index_from_embeddings_dir
 
     if a.action == "build":
         overrides = {k: getattr(a, k) for k in _PARAMS if getattr(a, k) is not None}
@@ -39,12 +39,12 @@ def run(a):
               f"params {json.dumps({k: v for k, v in ix.params.to_dict().items() if k in _PARAMS})}")
         return 0
     if a.action == "info":
-        from hlm_engine.index.manifest import read_index_manifest
+        from hlm_engine.retrieval.index.manifest import read_index_manifest
         print(json.dumps(read_index_manifest(a.index), indent=2))
         return 0
     ix = AnnIndex.load(a.index)
     if a.action == "add":
-        from hlm_engine.corpus import load_embeddings, read_manifest
+        from hlm_engine.retrieval.corpus import load_embeddings, read_manifest
         em = read_manifest(a.embeddings)
         teacher = (ix.model or {}).get("checksum")
         if teacher and em["model"]["checksum"] != teacher:

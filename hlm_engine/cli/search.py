@@ -19,8 +19,8 @@ def register(sub):
 
 
 def run(a):
-    from hlm_engine.data import data_dir, read_tsv
-    from hlm_engine.retriever import Retriever
+    from hlm_engine.retrieval.data import data_dir, read_tsv
+    from hlm_engine.retrieval.retriever import Retriever
 
     corpus = a.corpus
     if corpus is None and data_dir():

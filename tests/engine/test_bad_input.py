@@ -13,7 +13,7 @@ import torch
 
 from hlm_engine import Encoder, EncoderConfig
 from hlm_engine.config import SUPPORTED_ARCHS
-from hlm_engine.models import resolve
+from hlm_engine.hub import resolve
 
 LONG_TEXT = "cordless drill " * 400  # ~800 word pieces, far past any max_length
 

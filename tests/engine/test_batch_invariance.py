@@ -8,7 +8,7 @@ come from the shipped sample set (no real data needed) plus edge lengths: one wo
 import numpy as np
 import pytest
 
-from hlm_engine.data import SAMPLE_DIR, read_tsv
+from hlm_engine.retrieval.data import SAMPLE_DIR, read_tsv
 
 MIN_COS = 0.99999
 

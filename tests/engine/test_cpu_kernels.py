@@ -1,24 +1,20 @@
 """The fp32 CPU inference kernels that stand in for PyTorch references (csrc/cpu_attention.h,
-csrc/cpu_layernorm.h): same math as the references on every layout the models hand them, routed by
-ops.py only where autograd needs no backward, bad input named in the error."""
+csrc/cpu_layernorm.h): same math as the references on every layout the models hand them, used by the `cpu`
+backend only where autograd needs no backward, bad input named in the error."""
 import threading
 
 import pytest
 import torch
 
-from hlm_engine import cpu_attention, cpu_kernels, cpu_norm, ops
+from hlm_engine.ops.cpu import CpuBackend
+from hlm_engine.ops.cpu import attention as cpu_attention
+from hlm_engine.ops.cpu import ext as cpu_kernels
+from hlm_engine.ops.cpu import norm as cpu_norm
 from hlm_engine.kernels.add_layernorm import add_layernorm_ref
 from hlm_engine.kernels.attention import varlen_attention_ref
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
                                 reason="CPU kernels not built (HLM_BUILD_EXT=0) or no AVX2+FMA")
-
-
-@pytest.fixture(autouse=True)
-def kernels_on():
-    """On for every test here, whatever HLM_CPU_KERNELS the suite runs under."""
-    with cpu_kernels.use(True):
-        yield
 
 
 def _cu(lens):
@@ -93,8 +89,10 @@ def test_add_layernorm_matches_reference(T, H, with_residual, with_bias):
         assert r is x  # no residual: the "sum" is x itself, not a copy
 
 
-def test_ops_route_inference_only():
-    """ops picks the kernels under inference_mode / no_grad and the references where autograd records."""
+def test_backend_routes_inference_only():
+    """The cpu backend picks the kernels under inference_mode / no_grad and the references where autograd
+    records; a backend built without them always runs the references."""
+    ops, ref_ops = CpuBackend(kernels=True), CpuBackend(kernels=False)
     calls = []
     q, k, v = (t.clone().requires_grad_() for t in _qkv([4, 6], 2, 2, 32, fused=False))
     x, w, b = torch.randn(10, 32, requires_grad=True), torch.ones(32), torch.zeros(32)
@@ -110,9 +108,9 @@ def test_ops_route_inference_only():
             ops.varlen_attention(q, k, v, _cu([4, 6]), 6)
             ops.add_layernorm(x, None, w, b, 1e-5)
         assert calls == ["attn", "norm"]
-        with cpu_kernels.use(False), torch.inference_mode():  # switched off: the references again
-            ops.varlen_attention(q, k, v, _cu([4, 6]), 6)
-            ops.add_layernorm(x, None, w, b, 1e-5)
+        with torch.inference_mode():  # built without the kernels: the references again
+            ref_ops.varlen_attention(q, k, v, _cu([4, 6]), 6)
+            ref_ops.add_layernorm(x, None, w, b, 1e-5)
         assert calls == ["attn", "norm"]
     finally:
         cpu_attention.varlen_attention, cpu_norm.add_layernorm = real_attn, real_norm
@@ -164,18 +162,27 @@ def test_attention_bad_shapes_named():
 
 
 def test_bad_setting_named(monkeypatch):
+    monkeypatch.setenv("HLM_CPU_KERNELS", "fast")
     with pytest.raises(ValueError, match="HLM_CPU_KERNELS='fast'"):
-        cpu_kernels._setting("fast")
-    assert cpu_kernels._setting("0") is False and cpu_kernels._setting("auto") is True
+        CpuBackend.from_env()
+    monkeypatch.setenv("HLM_CPU_KERNELS", "0")
+    assert CpuBackend.from_env().kernels is False
+    monkeypatch.setenv("HLM_CPU_KERNELS", "auto")
+    assert CpuBackend.from_env().kernels is True
 
 
 def test_without_the_extension_the_references_serve(monkeypatch):
-    """HLM_BUILD_EXT=0 or a CPU without AVX2+FMA: auto means off, and asking for the kernels says why."""
+    """HLM_BUILD_EXT=0 or a CPU without AVX2+FMA: auto picks the reference (logged), asking for the cpu
+    backend or its kernels says why."""
+    from hlm_engine import ops
     monkeypatch.setattr(cpu_kernels, "EXT", None)
-    assert cpu_kernels._setting("auto") is False
-    with pytest.raises(RuntimeError, match="HLM_BUILD_EXT != 0, and a CPU with AVX2 \\+ FMA"):
-        with cpu_kernels.use(True):
-            pass
+    monkeypatch.setattr(cpu_kernels, "WHY", "the extension is not built (test)")
+    assert CpuBackend.from_env().kernels is False
+    assert ops.resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(RuntimeError, match="needs the C\\+\\+ extension"):
+        ops.resolve_backend("cpu", "cpu")
+    with pytest.raises(RuntimeError, match="need the built extension"):
+        CpuBackend(kernels=True)
 
 
 def test_concurrent_callers_get_their_own_results():

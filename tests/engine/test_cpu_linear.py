@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hlm_engine import cpu_linear
+from hlm_engine.ops.cpu import linear as cpu_linear
 
 KERNELS = cpu_linear.available()
 pytestmark = pytest.mark.skipif(not KERNELS, reason="neither the hlm kernel nor oneDNN is available here")
@@ -14,8 +14,7 @@ pytestmark = pytest.mark.skipif(not KERNELS, reason="neither the hlm kernel nor 
 
 @pytest.fixture(params=KERNELS)
 def kernel(request):
-    with cpu_linear.use(request.param):
-        yield request.param
+    return request.param
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 13, 64, 65, 200, 300])  # 300: above both row limits
@@ -27,11 +26,12 @@ def test_matches_f_linear(kernel, rows, activation):
     ref = F.linear(x, lin.weight, lin.bias)
     ref = F.gelu(ref) if activation == "gelu" else ref
     with torch.inference_mode():
-        assert cpu_linear.usable(x, lin.weight) == (rows <= cpu_linear.max_rows(kernel))
-        out = cpu_linear.linear(x, lin.weight, lin.bias, activation)
+        assert cpu_linear.usable(x, lin.weight, kernel) == (rows <= cpu_linear.max_rows(kernel))
+        out = cpu_linear.linear(x, lin.weight, lin.bias, activation, kernel=kernel)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     with torch.inference_mode():  # no bias
-        torch.testing.assert_close(cpu_linear.linear(x, lin.weight), x @ lin.weight.T, atol=1e-5, rtol=1e-5)
+        out = cpu_linear.linear(x, lin.weight, kernel=kernel)
+        torch.testing.assert_close(out, x @ lin.weight.T, atol=1e-5, rtol=1e-5)
 
 
 # Shapes that exercise the kernel's edges: N not a multiple of the 16-column panel (zero-padded last
@@ -44,7 +44,7 @@ def test_kernel_shapes(kernel, n, k, rows):
     x = torch.randn(rows, k, generator=g)
     ref = (x.double() @ w.double().T + b.double()).float()
     with torch.inference_mode():
-        out = cpu_linear.linear(x, w, b)
+        out = cpu_linear.linear(x, w, b, kernel=kernel)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
 
 
@@ -56,9 +56,9 @@ def test_same_numbers_at_any_thread_count(kernel, threads):
     try:
         with torch.inference_mode():
             torch.set_num_threads(1)
-            one = cpu_linear.linear(x, w)
+            one = cpu_linear.linear(x, w, kernel=kernel)
             torch.set_num_threads(threads)
-            many = cpu_linear.linear(x, w)
+            many = cpu_linear.linear(x, w, kernel=kernel)
     finally:
         torch.set_num_threads(saved)
     torch.testing.assert_close(many, one, atol=1e-5, rtol=1e-5)
@@ -77,7 +77,7 @@ def test_concurrent_callers_get_their_own_results(kernel):
 
             def run(i, w=w):
                 with torch.inference_mode():
-                    return i, cpu_linear.linear(xs[i], w)
+                    return i, cpu_linear.linear(xs[i], w, kernel=kernel)
 
             for i, out in ex.map(run, list(range(16)) * 2):
                 torch.testing.assert_close(out, refs[i], atol=1e-4, rtol=1e-5)
@@ -86,25 +86,25 @@ def test_concurrent_callers_get_their_own_results(kernel):
 def test_weight_update_invalidates_the_packed_copy(kernel):
     lin, x = torch.nn.Linear(32, 48), torch.randn(5, 32)
     with torch.inference_mode():
-        cpu_linear.linear(x, lin.weight, lin.bias)
+        cpu_linear.linear(x, lin.weight, lin.bias, kernel=kernel)
     with torch.no_grad():
         lin.weight.mul_(-3.0)  # what an optimizer step does: in place, version bumped
     with torch.inference_mode():
-        out = cpu_linear.linear(x, lin.weight, lin.bias)
+        out = cpu_linear.linear(x, lin.weight, lin.bias, kernel=kernel)
     torch.testing.assert_close(out, F.linear(x, lin.weight, lin.bias).detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_training_keeps_autograd(kernel):
     lin, x = torch.nn.Linear(16, 8), torch.randn(4, 16)
-    assert not cpu_linear.usable(x, lin.weight)  # grad mode on: the packed ops have no backward
-    cpu_linear.linear(x, lin.weight, lin.bias, "gelu").sum().backward()
+    assert not cpu_linear.usable(x, lin.weight, kernel)  # grad mode on: the packed ops have no backward
+    cpu_linear.linear(x, lin.weight, lin.bias, "gelu", kernel=kernel).sum().backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
 
 
 def test_cache_is_freed_with_the_weight_and_module_still_pickles(kernel, tmp_path):
     lin = torch.nn.Linear(16, 8)
     with torch.inference_mode():
-        cpu_linear.linear(torch.randn(2, 16), lin.weight)
+        cpu_linear.linear(torch.randn(2, 16), lin.weight, kernel=kernel)
     assert id(lin.weight) in cpu_linear._cache
     torch.save(lin, tmp_path / "m.pt")  # nothing opaque hangs off the parameter
     key = id(lin.weight)
@@ -117,12 +117,12 @@ def test_other_dtypes_fall_back(kernel):
     w = torch.randn(8, 16, dtype=torch.float16)
     x = torch.randn(2, 16, dtype=torch.float16)
     with torch.inference_mode():
-        assert not cpu_linear.usable(x, w)
+        assert not cpu_linear.usable(x, w, kernel)
 
 
 def test_bad_shapes_are_named(kernel):
     with torch.inference_mode(), pytest.raises((ValueError, RuntimeError), match="16|12"):
-        cpu_linear.linear(torch.randn(2, 12), torch.randn(8, 16))
+        cpu_linear.linear(torch.randn(2, 12), torch.randn(8, 16), kernel=kernel)
 
 
 def test_unknown_activation_is_named():
@@ -132,18 +132,18 @@ def test_unknown_activation_is_named():
 
 def test_setting_is_validated():
     with pytest.raises(ValueError, match="HLM_CPU_PREPACK='fast'"):
-        cpu_linear._choose("fast")
-    assert cpu_linear._choose("0") is None
-    assert cpu_linear._choose("auto") == KERNELS[0]
+        cpu_linear.choose("fast")
+    assert cpu_linear.choose("0") is None and cpu_linear.choose("mkl") is None
+    assert cpu_linear.choose("auto") == KERNELS[0]
 
 
 def test_weights_made_under_inference_mode(kernel):
     """A model loaded inside torch.inference_mode has inference-tensor weights (no version counter)."""
     with torch.inference_mode():
         w, x = torch.randn(40, 24), torch.randn(3, 24)
-        first = cpu_linear.linear(x, w)
+        first = cpu_linear.linear(x, w, kernel=kernel)
         assert id(w) in cpu_linear._cache
-        torch.testing.assert_close(cpu_linear.linear(x, w), first)
+        torch.testing.assert_close(cpu_linear.linear(x, w, kernel=kernel), first)
     torch.testing.assert_close(first, x @ w.T, atol=1e-5, rtol=1e-5)
 
 
@@ -154,8 +154,7 @@ def test_switching_kernels_keeps_both_packed_copies():
     with torch.inference_mode():
         copies = []
         for k in KERNELS * 2:
-            with cpu_linear.use(k):
-                cpu_linear.linear(x, w)
+            cpu_linear.linear(x, w, kernel=k)
             copies.append(cpu_linear._cache[id(w)][2][k])
     assert copies[0] is copies[len(KERNELS)] and copies[1] is copies[len(KERNELS) + 1]
 

@@ -1,9 +1,9 @@
-"""`python -m hlm_engine.demo` runs end to end on the shipped sample set (the `make demo` path without
+"""`python -m hlm_engine.quicklook` runs end to end on the shipped sample set (the `make demo` path without
 $HLM_DATA_DIR). MiniLM stands in for the teacher too, to keep this a few seconds; the real pairing runs
 in `make demo`."""
 import re
 
-from hlm_engine.demo import main
+from hlm_engine.quicklook import main
 
 
 def test_demo_on_sample_set(monkeypatch, capsys):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from hlm_engine import Encoder
-from hlm_engine.models import ALIASES, DEFAULT_MODELS, models_dir, resolve
+from hlm_engine.hub import ALIASES, DEFAULT_MODELS, models_dir, resolve
 
 
 @pytest.mark.parametrize("name", ["minilm", "mpnet"])

@@ -15,8 +15,8 @@ import torch
 
 from hlm_engine import Encoder, EncoderConfig
 from hlm_engine.config import load_folder_config
-from hlm_engine.modeling import build_model
-from hlm_engine.models import resolve
+from hlm_engine.models import build_model
+from hlm_engine.hub import resolve
 
 WIDTHS = [96, 40, 257]  # three layers, three FFN widths (one not a multiple of anything)
 TEXTS = ["cordless drill", "x", "Ridgecraft 20-Volt Lithium-Ion Cordless 1/2 in. Drill/Driver Kit",

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from hlm_engine import Encoder
-from hlm_engine.modeling.packing import pack
+from hlm_engine.models.packing import pack
 
 
 def _qwen_tokenizer():
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     try:
         return os.path.join(resolve("qwen3-tokenizer"), "tokenizer.json")
     except (FileNotFoundError, RuntimeError) as e:

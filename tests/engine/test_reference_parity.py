@@ -22,7 +22,7 @@ def real_texts(homedepot_dev):
 def _reference(name):
     from sentence_transformers import SentenceTransformer
 
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     return SentenceTransformer(resolve(name), device="cpu")
 
 

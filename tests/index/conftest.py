@@ -21,7 +21,7 @@ def cache_root() -> str:
 @pytest.fixture(scope="session")
 def teacher_slice(homedepot_dev):
     """(ids, float32 [SLICE, 768], manifest) of the teacher's embeddings of the slice."""
-    from hlm_engine.corpus import encode_corpus, load_embeddings, model_identity
+    from hlm_engine.retrieval.corpus import encode_corpus, load_embeddings, model_identity
     ids, texts = homedepot_dev.doc_ids[:SLICE], homedepot_dev.doc_texts[:SLICE]
     ident = model_identity("mpnet")
     out = os.path.join(cache_root(), f"homedepot-slice{SLICE}-{ident['checksum'][:12]}")
@@ -34,7 +34,7 @@ def teacher_slice(homedepot_dev):
 @pytest.fixture(scope="session")
 def teacher_queries(homedepot_dev, teacher_slice):
     """(query_ids, float32 [N_QUERIES, 768]): dev queries encoded by the teacher (cached beside the slice)."""
-    from hlm_engine.corpus import encode_corpus, load_embeddings
+    from hlm_engine.retrieval.corpus import encode_corpus, load_embeddings
     qids, qs = homedepot_dev.query_ids[:N_QUERIES], homedepot_dev.queries[:N_QUERIES]
     out = os.path.join(cache_root(), f"homedepot-devq{N_QUERIES}-{teacher_slice[2]['model']['checksum'][:12]}")
     encode_corpus("mpnet", qids, qs, out, shard_size=4096, show_progress=False)

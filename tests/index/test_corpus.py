@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from hlm_engine.corpus import encode_corpus, load_embeddings, read_manifest
+from hlm_engine.retrieval.corpus import encode_corpus, load_embeddings, read_manifest
 from hlm_engine.weights import weights_checksum
 
 
@@ -85,7 +85,7 @@ def test_refuses_other_model_or_corpus(products, minilm, tmp_path):
 
 _KILL_SCRIPT = """
 import json, sys
-from hlm_engine.corpus import encode_corpus
+from hlm_engine.retrieval.corpus import encode_corpus
 ids, texts = json.load(open(sys.argv[1]))
 encode_corpus("minilm", ids, texts, sys.argv[2], shard_size=10, batch_size=2, show_progress=False)
 """
@@ -120,7 +120,7 @@ def test_resume_after_kill_reencodes_nothing_written(products, minilm, tmp_path)
 
 _DIST_SCRIPT = """
 import json, os, sys
-from hlm_engine.corpus import encode_corpus
+from hlm_engine.retrieval.corpus import encode_corpus
 ids, texts = json.load(open(sys.argv[1]))
 m = encode_corpus("minilm", ids, texts, sys.argv[2], shard_size=16, batch_size=8, show_progress=False)
 import torch.distributed as dist

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from hlm_engine.eval import compute_metrics, format_table, overlap_at_k, recovery
+from hlm_engine.retrieval.eval import compute_metrics, format_table, overlap_at_k, recovery
 
 QRELS = {  # graded 1..3 like Home Depot
     "q1": {"a": 3.0, "b": 2.0, "c": 2.67, "d": 1.0},
@@ -57,7 +57,7 @@ def test_agrees_with_ranx_on_real_run(teacher_slice, teacher_queries, homedepot_
     ranx takes integer grades: grades are snapped to thirds and scaled, g = round(3 (rel - 1)) in 0..6,
     which leaves linear-gain nDCG unchanged (it is scale-invariant) and maps threshold 2.67 (8/3) to level 5."""
     ranx = pytest.importorskip("ranx")
-    from hlm_engine.index import exact_topk
+    from hlm_engine.retrieval.index import exact_topk
     ids, vecs, _ = teacher_slice
     qids, qv = teacher_queries
     _, idx = exact_topk(qv, vecs, 100)

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from hlm_engine.index import AnnIndex, build_index, exact_topk
-from hlm_engine.index import faiss_gpu
-from hlm_engine.index.params import STATED_RECALL, default_kind, resolve_params
+from hlm_engine.retrieval.index import AnnIndex, build_index, exact_topk
+from hlm_engine.retrieval.index import faiss_gpu
+from hlm_engine.retrieval.index.params import STATED_RECALL, default_kind, resolve_params
 
 K = 100
 

@@ -1,7 +1,7 @@
 """One suite, two schedulers: every test taking `impl` runs against the C++ core and the Python twin."""
 import pytest
 
-from hlm_engine.scheduler import _cpp_module
+from hlm_engine.serving.scheduler import _cpp_module
 
 IMPLS = ["cpp", "python"]
 
@@ -19,7 +19,7 @@ def tiny_encoder():
     import os
 
     from hlm_engine import Encoder, preset
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     cfg = preset("minilm-l6", num_layers=1, hidden_size=128, num_heads=4, num_kv_heads=4, head_dim=32,
                  intermediate_sizes=[64], max_length=32)
     return Encoder.from_config(cfg, os.path.join(resolve("minilm"), "tokenizer.json"), backend="torch")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hlm_engine import Encoder, Engine
-from hlm_engine.engine import EngineClosed, ModelError
-from hlm_engine.scheduler import DeadlineExceeded, QueueFull
+from hlm_engine.serving.engine import EngineClosed, ModelError
+from hlm_engine.serving.scheduler import DeadlineExceeded, QueueFull
 
 QUERIES = ["cordless drill", "outdoor patio furniture set with cushions", "led light bulbs 60 watt equivalent",
            "x", "kitchen faucet with pull down sprayer brushed nickel", "deck screws", "garage door opener",

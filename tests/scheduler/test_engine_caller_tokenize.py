@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from hlm_engine import Encoder, Engine
-from hlm_engine.engine import EngineClosed
-from hlm_engine.scheduler import DeadlineExceeded, QueueFull
+from hlm_engine.serving.engine import EngineClosed
+from hlm_engine.serving.scheduler import DeadlineExceeded, QueueFull
 from tests.scheduler.test_engine import QUERIES, WAIT, blocked, submit_from_threads
 
 

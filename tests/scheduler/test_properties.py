@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlm_engine.scheduler import QueueFull, Scheduler, _cpp_module, length_bucket
+from hlm_engine.serving.scheduler import QueueFull, Scheduler, _cpp_module, length_bucket
 
 configs = st.fixed_dictionaries({
     "max_batch_tokens": st.integers(40, 100),

@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from hlm_engine import scheduler as S
-from hlm_engine.scheduler import QueueFull, Scheduler, SchedulerClosed, length_bucket
+from hlm_engine.serving import scheduler as S
+from hlm_engine.serving.scheduler import QueueFull, Scheduler, SchedulerClosed, length_bucket
 
 
 def make(impl, **kw):

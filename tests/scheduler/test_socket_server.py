@@ -1,4 +1,4 @@
-"""`hlm_engine.socket_server`: the Unix-socket front-end returns the engine's embeddings over the wire, answers
+"""`hlm_engine.serving.socket_server`: the Unix-socket front-end returns the engine's embeddings over the wire, answers
 every request (errors included) with its own id, survives clients that vanish, and closes cleanly."""
 import os
 import threading
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hlm_engine import Engine
-from hlm_engine.scheduler import QueueFull
-from hlm_engine.socket_server import REQ, SocketClient, SocketServer, encode_request, parse_replies
+from hlm_engine.serving.scheduler import QueueFull
+from hlm_engine.serving.socket_server import REQ, SocketClient, SocketServer, encode_request, parse_replies
 
 QUERIES = ["cordless drill", "outdoor patio furniture set with cushions", "x", "deck screws", "ceiling fan"]
 WAIT = 60
@@ -112,7 +112,7 @@ def test_frames_split_across_reads(sock_path):
 
 
 def test_parse_replies_keeps_partial_frames():
-    from hlm_engine.socket_server import encode_reply
+    from hlm_engine.serving.socket_server import encode_reply
     buf = bytearray(encode_reply(1, np.ones(3)) + encode_reply(2, error="boom")[:-2])
     out = parse_replies(buf)
     assert [(r[0], r[1]) for r in out] == [(1, 0)] and len(buf) > 0

@@ -10,7 +10,7 @@ from concurrent.futures import CancelledError, wait
 import numpy as np
 
 from hlm_engine import Engine
-from hlm_engine.scheduler import DeadlineExceeded
+from hlm_engine.serving.scheduler import DeadlineExceeded
 
 THREADS, PER_THREAD, POOL = 8, 5000, 600
 BOUND_S = 300

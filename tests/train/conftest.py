@@ -8,7 +8,7 @@ import pytest
 def make_tiny(path: str, hidden: int, inter: int, seed: int, vocab_size: int | None = None) -> str:
     from hlm_engine import Encoder
     from hlm_engine.config import preset
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     over = dict(num_layers=2, hidden_size=hidden, num_heads=4, num_kv_heads=4, head_dim=hidden // 4,
                 intermediate_sizes=[inter] * 2, max_length=32)
     if vocab_size:

@@ -124,7 +124,7 @@ def test_teacher_top_layers_only(tiny_models, tmp_path):
 def test_teacher_frozen_bottom_is_the_full_forward(tiny_models, tmp_path, monkeypatch):
     """Top layers only: the frozen bottom's states, computed once and cached, train the same teacher and
     give the same corpus vectors (off the shelf and fine-tuned) as running every layer each time."""
-    from hlm_engine.corpus import load_embeddings
+    from hlm_engine.retrieval.corpus import load_embeddings
     from hlm_engine.train import teacher
     kw = dict(teacher=tiny_models["teacher"], steps=4, batch_size=8, lr=1e-3, warmup_steps=1, save_every=0,
               max_length=32, trainable_layers=1)

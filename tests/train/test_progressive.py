@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from hlm_engine import Encoder
 from hlm_engine.config import preset
-from hlm_engine.models import resolve
-from hlm_engine.modeling.packing import pack
+from hlm_engine.hub import resolve
+from hlm_engine.models.packing import pack
 from hlm_engine.train.progressive import ProgressiveConfig, parse_schedule, run_progressive
 from hlm_engine.train.prune import prune_to
 

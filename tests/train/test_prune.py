@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hlm_engine import Encoder
-from hlm_engine.modeling.packing import pack
+from hlm_engine.models.packing import pack
 from hlm_engine.train.prune import calibration_stats, prune, prune_to, round_width, select_layers, select_units
 
 TEXTS = ["cordless drill", "5 gal. white exterior paint", "brass door knob with lock", "led shop light 4 ft",
@@ -17,7 +17,7 @@ def small_bert():
     import os
 
     from hlm_engine import preset
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     cfg = preset("minilm-l6", num_layers=3, intermediate_sizes=[128, 96, 160])
     return Encoder.from_config(cfg, os.path.join(resolve("minilm"), "tokenizer.json"), seed=1)
 
@@ -27,7 +27,7 @@ def small_qwen():
     import os
 
     from hlm_engine import EncoderConfig
-    from hlm_engine.models import resolve
+    from hlm_engine.hub import resolve
     cfg = EncoderConfig(arch="qwen3", vocab_size=30522, hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
                         head_dim=16, intermediate_sizes=[128, 128, 64], max_position_embeddings=512, norm_eps=1e-6,
                         max_length=64, pooling="last", causal=True, qk_norm=True, attention_bias=False)

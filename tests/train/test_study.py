@@ -127,7 +127,7 @@ def test_study_runs_caches_and_reports(tiny_models, tmp_path, monkeypatch):
 
 
 def test_gpu_guide_commands_parse():
-    from hlm_engine.report_gpu import STEPS, check_command
+    from hlm_engine.report.gpu import STEPS, check_command
     for step, cmd, _ in STEPS:
         assert check_command(cmd)[0], f"{step}: {cmd}"
 
