@@ -171,8 +171,8 @@ class Encoder:
             out = self.embed_batch(pack(ids_list, self.device), normalize, dim)
         return out.float().cpu().numpy()
 
-    def tokenize(self, texts, prompt: str | None = None) -> list[list[int]]:
-        return self.tokenizer.encode(texts, prompt)
+    def tokenize(self, texts, prompt: str | None = None, validated: bool = False) -> list[list[int]]:
+        return self.tokenizer.encode(texts, prompt, validated)
 
     def encode(self, texts, batch_size: int = 64, normalize: bool = True, dim: int | None = None,
                prompt: str | None = None, show_progress: bool = False) -> np.ndarray:

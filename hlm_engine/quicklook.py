@@ -1,10 +1,11 @@
-"""`python -m hlm_engine.quicklook` (`make demo`): encode ads and queries with the default student and teacher.
+"""`python -m hlm_engine.quicklook` (`make quicklook`): a two-minute look at the two default models, untrained.
 
-Until the retrieval pipeline lands this is the end-to-end smoke run: it loads the student (all-MiniLM-L6-v2,
-the online query encoder) and the teacher (all-mpnet-base-v2, the offline ad encoder), encodes the ad
-titles and the dev queries with both, prints throughput and batch-1 latency, shows the nearest ads for a
-few queries (exact inner-product search), and a quick Recall@10 for each model on its own embeddings
-(the student is not yet aligned to the teacher, so each model searches its own space).
+The runtime-only smoke run (the recipe itself, teacher -> align -> refine -> serve, is `make demo` on a slice
+and `make reproduce` on the whole catalogue): it loads the student (all-MiniLM-L6-v2, the online query
+encoder) and the teacher (all-mpnet-base-v2, the offline ad encoder), encodes the ad titles and the dev
+queries with both, prints throughput and batch-1 latency, shows the nearest ads for a few queries (exact
+inner-product search), and a quick Recall@10 for each model on its own embeddings (off the shelf, the
+student is not aligned to the teacher, so each model searches its own space).
 
 Data: $HLM_DATA_DIR (or --data-dir) when set, else the small sample set shipped in the package. With real
 data the default corpus is a subset of --num-docs products (half judged relevant to some dev query, half

@@ -49,8 +49,10 @@ class TextTokenizer:
                 raise ValueError(f"input {i} is empty or whitespace-only ({t!r})")
         return texts
 
-    def encode(self, texts, prompt: str | None = None) -> list[list[int]]:
-        texts = self.validate(texts)
+    def encode(self, texts, prompt: str | None = None, validated: bool = False) -> list[list[int]]:
+        """Texts -> token id lists. `validated=True`: the caller checked every text already (the engine does
+        at submit), so they are not checked twice."""
+        texts = texts if validated else self.validate(texts)
         if prompt:
             texts = [prompt + t for t in texts]
         encs = self.tok.encode_batch(texts)

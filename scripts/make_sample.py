@@ -1,6 +1,8 @@
 """Writes the small sample set shipped in the package (run once; the TSVs are committed).
 
-    python -m hlm_engine.sample_data.make_sample      # rewrites the TSVs beside this file
+    .venv/bin/python scripts/make_sample.py      # rewrites hlm_engine/sample_data/*.tsv
+
+A data builder, not part of the installed package (only the TSVs it writes ship).
 
 Everything here is written for the project (invented brand names, made-up products); nothing is copied
 from the real Home Depot data. The files have the real data's columns, so code and demos that read
@@ -24,7 +26,7 @@ import random
 from hlm_engine.io import atomic_path
 
 SEED = 20240611
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hlm_engine", "sample_data")
 
 BRANDS = ["Northfield", "Ridgecraft", "Ironvale", "Bluestem", "Harbor Oak", "Kestrel", "Summitline",
           "Copperleaf", "Maplecrest", "TerraForge", "Pinegate", "BrightHaven", "Stonebrook", "Aquavera",

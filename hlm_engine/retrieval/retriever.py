@@ -24,6 +24,8 @@ log = logging.getLogger("hlm.retriever")
 class Retriever:
     def __init__(self, index: AnnIndex, encoder, doc_texts: dict[str, str] | None = None):
         self.index, self.encoder, self.doc_texts = index, encoder, doc_texts or {}
+        # embed() returns unit vectors (normalised once, in the encoder) unless the engine was told not to.
+        self._unit = bool(getattr(encoder, "normalize", True))
 
     @classmethod
     def load(cls, index_dir: str, query_encoder, doc_texts: dict[str, str] | None = None, device: str = "cpu",
@@ -60,7 +62,7 @@ class Retriever:
         out: list[list[tuple[str, float]]] = []
         for s in range(0, len(queries), batch_size):
             q = self.encode_queries(queries[s: s + batch_size])
-            scores, ids = self.index.search(q, k)
+            scores, ids = self.index.search(q, k, normalized=self._unit)
             out.extend([list(zip(row, map(float, sc[: len(row)]))) for row, sc in zip(ids, scores)])
         return out
 

@@ -55,13 +55,15 @@ class AnnIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, queries, k: int = 100) -> tuple[np.ndarray, list[list[str]]]:
+    def search(self, queries, k: int = 100, normalized: bool = False) -> tuple[np.ndarray, list[list[str]]]:
         """queries [Q, d] -> (scores float32 [Q, k], doc ids per query, best first).
 
-        Fewer than k hits (tiny index, IVF lists too sparse) leave -inf scores and shorter id lists."""
+        `normalized=True`: the caller's vectors are unit length already (an encoder's `embed` output), so
+        they are not normalised a second time. Fewer than k hits (tiny index, IVF lists too sparse) leave
+        -inf scores and shorter id lists."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        q = _as_matrix(queries, self.dim, self.normalize)
+        q = _as_matrix(queries, self.dim, self.normalize and not normalized)
         if len(self) == 0:
             return np.full((q.shape[0], k), -np.inf, np.float32), [[] for _ in range(q.shape[0])]
         if self.device == "cuda":

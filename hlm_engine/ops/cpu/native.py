@@ -1,0 +1,75 @@
+"""The `cpu` backend's one-call forward: a whole encoder forward in C++ (csrc/native_encoder.h).
+
+Why: at batch 1 the per-op path (~45 Python-dispatched ops per MiniLM forward, each re-checking its inputs)
+costs about as much as the GEMMs themselves. `NativeEncoder` is built once from the model's config and state
+dict (validated and packed at load) and runs embeddings -> layers -> pooling -> projection -> L2 norm in one
+call, over the unpadded batch, on `threads` cores (its own std::thread pool splits each GEMM's columns).
+
+    native = build(encoder.model, weights="fp32", threads=2)     # None-free: raises if it cannot be built
+    emb = embed_ids(native, [[101, 2054, 102], [101, 102]], normalize=True, dim=None)   # np.float32 [2, d]
+
+weights = "fp32" (default: the reference's embeddings, cos >= 0.99999) | "bf16" (weights rounded to bf16,
+widened in registers, fp32 accumulation: cos >= 0.9999) | "int8" (per-output-channel symmetric scales,
+fp32 activations and accumulation: min cos >= 0.99). The embedding tables stay fp32 (a forward reads only
+its tokens' rows); every linear (QKV, output, FFN, projection head) is stored in the chosen format.
+
+The native encoder is a snapshot of the weights at build time (packed copies; the embedding tables are
+borrowed): rebuild it after training. The PyTorch model stays the oracle and the fallback: where the
+extension is not built or the CPU lacks AVX2 + FMA, `status()` says why and callers keep the per-op path.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hlm_engine.ops.cpu import ext
+
+WEIGHTS = ("fp32", "bf16", "int8")
+
+
+def status() -> tuple[bool, str]:
+    """(usable, reason): the extension is built with the native forward and the CPU has AVX2 + FMA."""
+    if ext.EXT is None:
+        return False, "the native forward needs the C++ extension and a CPU with AVX2 + FMA: " + ext.WHY
+    if not hasattr(ext.EXT, "NativeEncoder"):
+        return False, "the built hlm_engine._cpu_kernels predates the native forward: rebuild it (pip install -e .)"
+    return True, "native C++ forward"
+
+
+def check_weights(weights: str) -> str:
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights format {weights!r}; choose one of {', '.join(WEIGHTS)}")
+    return weights
+
+
+def state_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The model's fp32 state dict as C-contiguous numpy arrays (views of the tensors where they already are
+    fp32 and contiguous: the native encoder borrows the embedding tables instead of copying them)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
+            t = t.to(device="cpu", dtype=torch.float32).contiguous()
+        out[name] = t.numpy()
+    return out
+
+
+def build(model: torch.nn.Module, weights: str = "fp32", threads: int = 1):
+    """A NativeEncoder for `model` (a PostNormEncoder / Qwen3Encoder: `.cfg` + state dict). Raises
+    RuntimeError where the native forward cannot run here (status()), ValueError on a bad weights format,
+    thread count or a tensor whose shape disagrees with the config (named)."""
+    check_weights(weights)
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    ok, why = status()
+    if not ok:
+        raise RuntimeError(why)
+    return ext.EXT.NativeEncoder(model.cfg.to_dict(), state_arrays(model), weights, threads)
+
+
+def embed_ids(native, ids_list: list[list[int]], normalize: bool = True, dim: int | None = None) -> np.ndarray:
+    """Token id lists (one packed batch) -> np.float32 [B, dim or embed_dim], pooled, projected, normalised.
+    Bad ids, empty texts or dim are named in the ValueError."""
+    if not ids_list:
+        raise ValueError("cannot encode an empty batch")
+    return native.encode_ids(ids_list, dim, normalize)
