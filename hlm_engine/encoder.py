@@ -54,11 +54,15 @@ class Encoder:
         self.folder = folder
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype or default_dtype(self.device)
+        self.graphs = None  # a CudaGraphRunner on CUDA (`use_cuda_graphs`): batch-1 forwards as one replay
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, name_or_path: str, backend: str | None = "auto", dtype=None, device=None,
-                        truncation: str = "truncate", max_length: int | None = None) -> "Encoder":
+                        truncation: str = "truncate", max_length: int | None = None,
+                        cuda_graphs: bool | None = None) -> "Encoder":
+        """cuda_graphs: replay inference forwards from CUDA graphs per (batch, length) bucket (default: on for
+        the triton backend on CUDA)."""
         folder = resolve(name_or_path)
         cfg = load_folder_config(folder)
         if max_length is not None:
@@ -86,7 +90,10 @@ class Encoder:
         model = model.to(device=device, dtype=dtype).eval()
         tok = TextTokenizer(os.path.join(folder, "tokenizer.json"), cfg.max_length, cfg.append_eos_token_id,
                             truncation)
-        return cls(cfg, model, tok, folder, device, dtype)
+        enc = cls(cfg, model, tok, folder, device, dtype)
+        if cuda_graphs or (cuda_graphs is None and device.type == "cuda" and be == "triton"):
+            enc.use_cuda_graphs()
+        return enc
 
     @classmethod
     def from_config(cls, cfg: EncoderConfig, tokenizer_path: str, backend: str | None = "torch", dtype=None,
@@ -153,9 +160,20 @@ class Encoder:
         return space_of(self)
 
     # ------------------------------------------------------------------ forward
+    def use_cuda_graphs(self, buckets=None) -> None:
+        """Replay inference forwards from CUDA graphs, one per (batch, length) bucket, the batch padded up to the
+        nearest captured bucket (`hlm_engine.models.cuda_graphs`); larger batches and autograd run eagerly."""
+        if self.device.type != "cuda":
+            raise RuntimeError(f"CUDA graphs need a CUDA device (this encoder is on {self.device})")
+        from hlm_engine.models.cuda_graphs import DEFAULT_BUCKETS, CudaGraphRunner
+        self.graphs = CudaGraphRunner(self.embed_batch, self.device, buckets=buckets or DEFAULT_BUCKETS,
+                                      pad_id=self.config.pad_token_id)
+
     def embed_batch(self, batch: PackedBatch, normalize: bool = True, dim: int | None = None) -> torch.Tensor:
         """Packed batch -> pooled embeddings [B, d] (differentiable on the torch backend)."""
         self.check_dim(dim)
+        if self.graphs is not None and (out := self.graphs(batch, normalize, dim)) is not None:
+            return out
         hidden = self.model(batch)
         proj = getattr(self.model, "proj", None)
         if proj is None:

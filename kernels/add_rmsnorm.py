@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, check_tensors, row_major
+from ._common import check_dtype, check_tensors, launch, num_sms, pow2_floor, row_major
 
 
 def add_rmsnorm_ref(x, residual, weight, eps, upcast=True):
@@ -51,10 +51,12 @@ def _add_rmsnorm_fwd_kernel(x_ptr, res_ptr, w_ptr, out_ptr, r_out_ptr, T, H, str
     tl.store(out_ptr + row * stride_out + cols, (rf * inv_rms * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _block_rows(block_h: int) -> int:
-    # Several short rows per program (8 for H=384, 1 from H=4096 up): a 384-wide row alone would leave
-    # most of a warp's lanes idle and launch one program per token.
-    return max(1, min(16, ROW_TILE // block_h))
+def _block_rows(T: int, block_h: int, sms: int) -> int:
+    """Rows per program, sized to the rows: one row per program while the rows do not cover every SM (a query
+    of 8 tokens is 8 programs), more rows per program once they do (up to ROW_TILE elements). Below one
+    program per SM for T < SMs rows: a row is one reduction, and splitting a 1-4 KB row over programs would
+    cost a second pass or an atomic for less than a microsecond of reading."""
+    return max(1, min(16, ROW_TILE // block_h, pow2_floor(T // max(1, sms))))
 
 
 def _grid(T, block_rows):
@@ -85,12 +87,13 @@ def add_rmsnorm(x, residual, weight, eps):
     r_out = torch.empty_like(out) if residual is not None else None
     if T:
         block_h = triton.next_power_of_2(H)
-        block_rows = _block_rows(block_h)
-        _add_rmsnorm_fwd_kernel[_grid(T, block_rows)](
+        block_rows = _block_rows(T, block_h, num_sms(x.device))
+        launch(_add_rmsnorm_fwd_kernel, _grid(T, block_rows),
             x2, res2 if res2 is not None else x2, weight, out, r_out if r_out is not None else out, T, H,
             x2.stride(0), res2.stride(0) if res2 is not None else 0, out.stride(0),
             r_out.stride(0) if r_out is not None else 0, eps,
             HAS_RESIDUAL=residual is not None, BLOCK_ROWS=block_rows, BLOCK_H=block_h,
-            num_warps=_num_warps(block_h * block_rows))
+            num_warps=_num_warps(block_h * block_rows), path="rows",
+            rows=T, tile_rows=block_rows)
     r = x if residual is None else r_out.view(*lead, H)
     return out.view(*lead, H), r

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, check_tensors
+from ._common import check_dtype, check_tensors, launch, pow2_floor
 
 
 _MAX_MASK_ELEMS = 1 << 24  # 64 MB of fp32 mask per reference-attention call
@@ -162,13 +162,89 @@ def _varlen_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, bias_ptr, cu_ptr,
              out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
-def _blocks(max_seqlen: int, head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages): tiles no larger than the longest sequence (query
-    lengths 8-32 are the serving case), capped where the [BLOCK_M, D] accumulator still fits registers."""
-    cap_m = 128 if head_dim <= 64 else 64
-    block_m = min(cap_m, max(16, triton.next_power_of_2(max_seqlen)))
-    block_n = min(64, max(16, triton.next_power_of_2(max_seqlen)))
-    num_warps = 4 if block_m >= 64 else (2 if block_m >= 32 else 1)
+# Short sequences (padded length LP <= SHORT_MAX_L, the serving case): one program takes HP heads of one
+# sequence at once - the whole GQA group and as many groups as fit - so a query of 8 tokens is 1-2 programs,
+# not one per head, and K/V of a kv head are read once for its whole group (the FlashInfer / flash-decoding
+# GQA packing). Rows are (q head, token) pairs, columns (kv head, key) pairs; a q head sees only its own kv
+# head's keys (block-diagonal mask), so S = Q K^T over the program's heads is one MMA tile and the softmax
+# is exact in one pass (no online rescaling). The off-diagonal blocks cost KVP x the MMA work of the
+# diagonal ones, which at these sizes is free next to a second launch or a second pass over K/V.
+SHORT_MAX_L = 32
+SHORT_TILE = 4096  # elements of the fp32 [BLOCK_R, BLOCK_C] score tile (32 registers a thread at 4 warps)
+
+
+@triton.jit
+def _attention_short_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, bias_ptr, cu_ptr, qk_scale, Hq, Hkv,
+                                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                                stride_ot, stride_oh, stride_bh, stride_bi, stride_bj, D,
+                                GROUP: tl.constexpr, HP: tl.constexpr, LP: tl.constexpr, CAUSAL: tl.constexpr,
+                                HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                                BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    chunk = tl.program_id(0)
+    seq = tl.program_id(1)
+    seq_start = tl.load(cu_ptr + seq).to(tl.int64)
+    seq_len = tl.load(cu_ptr + seq + 1) - tl.load(cu_ptr + seq)
+    r = tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    h_loc, t = r // LP, r % LP                     # row = (q head, token)
+    g_loc, j = c // LP, c % LP                     # column = (kv head, key)
+    head = chunk * HP + h_loc
+    kv = chunk * (HP // GROUP) + g_loc
+    row_ok = (h_loc < HP) & (head < Hq) & (t < seq_len)
+    col_ok = (g_loc < HP // GROUP) & (kv < Hkv) & (j < seq_len)
+    mask_d = offs_d < D
+    q = tl.load(q_ptr + (seq_start + t)[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & mask_d[None, :], other=0.0)                        # [BLOCK_R, BLOCK_D]
+    k = tl.load(k_ptr + (seq_start + j)[None, :] * stride_kt + kv[None, :] * stride_kh + offs_d[:, None],
+                mask=col_ok[None, :] & mask_d[:, None], other=0.0)                        # [BLOCK_D, BLOCK_C]
+    s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale                           # log2-scaled scores
+    valid = row_ok[:, None] & col_ok[None, :] & ((h_loc // GROUP)[:, None] == g_loc[None, :])
+    if CAUSAL:
+        valid = valid & (j[None, :] <= t[:, None])
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + head[:, None].to(tl.int64) * stride_bh + t[:, None] * stride_bi
+                    + j[None, :] * stride_bj, mask=valid, other=0.0)
+        s += b.to(tl.float32) * 1.4426950408889634
+    s = tl.where(valid, s, float("-inf"))
+    m = tl.max(s, axis=1)
+    m = tl.where(row_ok, m, 0.0)                   # padding rows: all -inf, keep exp2 finite (stored nowhere)
+    p = tl.exp2(s - m[:, None])
+    l = tl.sum(p, axis=1)
+    v = tl.load(v_ptr + (seq_start + j)[:, None] * stride_vt + kv[:, None] * stride_vh + offs_d[None, :],
+                mask=col_ok[:, None] & mask_d[None, :], other=0.0)                        # [BLOCK_C, BLOCK_D]
+    out = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION) / tl.where(row_ok, l, 1.0)[:, None]
+    tl.store(out_ptr + (seq_start + t)[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & mask_d[None, :])
+
+
+def short_heads(max_seqlen: int, num_heads: int, group: int, tile: int = SHORT_TILE) -> int:
+    """q heads per program on the short path (0: the path does not apply). A power-of-two multiple of the GQA
+    group, as many as the score tile holds: [HP * LP, HP / GROUP * LP] <= tile elements."""
+    lp = triton.next_power_of_2(max(1, max_seqlen))
+    if lp > SHORT_MAX_L or group & (group - 1):
+        return 0
+    hp = min(triton.next_power_of_2(num_heads), pow2_floor(int((tile * group) ** 0.5) // lp))
+    return hp if hp >= group else 0
+
+
+def _blocks(max_seqlen: int, head_dim: int, dtype: torch.dtype, has_bias: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the streaming path: tiles no larger than the longest
+    sequence, capped where the fp32 [BLOCK_M, D] accumulator, the [BLOCK_M, BLOCK_N] scores and (MPNet) the
+    bias tile stay in registers. Caps read off the compile gate (bench/gpu_static.py): a 128-row tile with the
+    bias spilled at head_dim 64 (255 registers); fp32 operands take twice the registers of 16-bit ones."""
+    n = triton.next_power_of_2(max(1, max_seqlen))
+    cap_m = 128 if head_dim <= 64 and not has_bias else 64
+    cap_n = 64
+    if dtype == torch.float32:
+        cap_m, cap_n = (32, 32) if head_dim <= 64 else (16, 16)
+    block_m = min(cap_m, max(16, n))
+    block_n = min(cap_n, max(16, n))
+    num_warps = max(1, min(8, block_m * triton.next_power_of_2(head_dim) // 1024))
+    if dtype == torch.float32:  # FMA dots keep their operands in registers: 1 warp spilled at 32 x 32
+        num_warps = max(num_warps, 4)
+    if has_bias:  # the bias tile is a third [BLOCK_M, BLOCK_N] fp32 tile: 4 warps hit 255 registers on sm_80
+        num_warps = min(8, 2 * num_warps)
     return block_m, block_n, num_warps, 2
 
 
@@ -178,7 +254,11 @@ def _grid(max_seqlen: int, block_m: int, num_heads: int, num_seqs: int):
 
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, bias=None):
     """Triton launcher: q [T, Hq, D], k/v [T, Hkv, D] (unit stride on D), cu_seqlens [B+1] int32,
-    bias [Hq, >=max_seqlen, >=max_seqlen] or None -> out [T, Hq, D] contiguous."""
+    bias [Hq, >=max_seqlen, >=max_seqlen] or None -> out [T, Hq, D] contiguous.
+
+    Programs: short sequences (<= SHORT_MAX_L) run cdiv(Hq, HP) programs per sequence, so a single 8-token
+    query launches 1-2 programs, not >= 1 per SM: its whole attention is ~20 KB of q/k/v and ~0.1 MFLOP,
+    less work than one more wave of programs costs to schedule; batches fill the GPU through B."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"varlen_attention: q/k/v must be [T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
@@ -207,14 +287,28 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, 
     if T == 0 or B == 0:
         return out
     scale = D ** -0.5 if scale is None else float(scale)
-    block_m, block_n, num_warps, num_stages = _blocks(max_seqlen, D)
     # fp32 inputs: full-precision dots (the default TF32 would cost ~3 decimal digits against the reference).
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    _varlen_attention_fwd_kernel[_grid(max_seqlen, block_m, Hq, B)](
-        q, k, v, out, bias if bias is not None else q, cu_seqlens.to(torch.int32).contiguous(), scale * LOG2E,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        bias.stride(0) if bias is not None else 0, bias.stride(1) if bias is not None else 0,
-        bias.stride(2) if bias is not None else 0, D,
-        GROUP=Hq // Hkv, CAUSAL=bool(causal), HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=triton.next_power_of_2(D), DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages)
+    cu = cu_seqlens.to(torch.int32).contiguous()
+    bias_strides = bias.stride() if bias is not None else (0, 0, 0)
+    args = (q, k, v, out, bias if bias is not None else q, cu, scale * LOG2E)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+               out.stride(1), *bias_strides, D)
+    group, block_d = Hq // Hkv, triton.next_power_of_2(D)
+    # fp32 (FMA dots, operands in registers): a quarter of the score tile; at head_dim 128 the streaming path.
+    fp32 = q.dtype == torch.float32
+    hp = short_heads(max_seqlen, Hq, group, SHORT_TILE // 4 if fp32 else SHORT_TILE) if not fp32 or D <= 64 else 0
+    if hp:
+        lp = triton.next_power_of_2(max_seqlen)
+        block_r, block_c = max(16, hp * lp), max(16, hp // group * lp)
+        chunks = triton.cdiv(Hq, hp)
+        launch(_attention_short_fwd_kernel, (chunks, B), *args, Hq, Hkv, *strides, GROUP=group, HP=hp, LP=lp,
+               CAUSAL=bool(causal), HAS_BIAS=bias is not None, BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_D=block_d,
+               DOT_PRECISION=precision, num_warps=4, num_stages=1, path="short", rows=T * Hq, tile_rows=block_r)
+        return out
+    block_m, block_n, num_warps, num_stages = _blocks(max_seqlen, D, q.dtype, bias is not None)
+    launch(_varlen_attention_fwd_kernel, _grid(max_seqlen, block_m, Hq, B), *args, *strides, GROUP=group,
+           CAUSAL=bool(causal), HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+           DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages, path="flash",
+           rows=T * Hq, tile_rows=block_m)
     return out

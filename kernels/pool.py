@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, check_tensors, row_major
+from ._common import check_dtype, check_tensors, launch, row_major
 
 MODES = ("mean", "cls", "last")
 
@@ -46,6 +46,10 @@ def pool_ref(hidden, cu_seqlens, mode, dim=None, normalize=True):
 # One program per sequence: it reads only the sequence's rows (mean) or one row (cls/last), reduces in
 # fp32, keeps the first `dim` features and divides by their L2 norm before the single [dim] store - the
 # pooled [B, H] vector and its truncated copy never reach HBM. The norm is clamped at 1e-12 like F.normalize.
+# The [BLOCK_T, BLOCK_H] tile is sized to the rows: BLOCK_T follows the mean length T / B (known on the host,
+# no device sync), so an 8-token query reads one full 8-row tile instead of a half-empty 16-row one.
+# Programs: one per sequence, so a batch of one is one program, not >= 1 per SM: the L2 norm needs the
+# whole pooled vector in one program, and the work (8 x 384 values for a query) is below a microsecond.
 POOL_TILE = 8192  # elements of the [BLOCK_T, BLOCK_H] tile streamed per step
 
 
@@ -95,8 +99,9 @@ def pool(hidden, cu_seqlens, mode, dim=None, normalize=True):
     B = cu_seqlens.numel() - 1
     out = torch.empty((B, dim), dtype=hidden.dtype, device=hidden.device)
     block_h = triton.next_power_of_2(dim)
-    block_t = max(1, min(16, POOL_TILE // block_h))
-    _pool_fwd_kernel[_grid(B)](hidden, cu_seqlens.to(torch.int32).contiguous(), out, H, dim, hidden.stride(0),
-                               out.stride(0), MODE=mode, NORMALIZE=bool(normalize), BLOCK_T=block_t,
-                               BLOCK_H=block_h, num_warps=4)
+    block_t = 1 if mode != "mean" else max(1, min(16, POOL_TILE // block_h, triton.next_power_of_2(-(-T // B))))
+    launch(_pool_fwd_kernel, _grid(B), hidden, cu_seqlens.to(torch.int32).contiguous(), out, H, dim,
+           hidden.stride(0), out.stride(0), MODE=mode, NORMALIZE=bool(normalize), BLOCK_T=block_t, BLOCK_H=block_h,
+           num_warps=max(1, min(4, block_t * block_h // 1024)), path=mode, rows=T if mode == "mean" else B,
+           tile_rows=block_t)
     return out

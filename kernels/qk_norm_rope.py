@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, check_tensors
+from ._common import check_dtype, check_tensors, launch, num_sms, pow2_floor
 from .add_rmsnorm import add_rmsnorm_ref
 
 
@@ -38,50 +38,56 @@ def qk_norm_rope_ref(q, k, q_w, k_w, positions, theta, eps):
 
 
 # --------------------------------------------------------------------------------------------- Triton
-# One program per token does every q head and every k head of that token: the angles (pos * inv_freq)
-# are computed once and reused by all heads, and each head row is read once and written once. The two
-# halves of a head are loaded as separate [heads, D/2] tiles, so rotate_half is a swap, not a gather.
+# The q heads and the k heads of all tokens form one list of T * (Hq + Hkv) head rows; a program takes
+# BLOCK_R of them, sized to the rows so the programs cover every SM (an 8-token Qwen3 query is 192 head rows:
+# one per program; a batch packs up to 32 per program). Each row is loaded as its two halves ([BLOCK_R,
+# D/2] tiles), so rotate_half is a swap, not a gather; a row comes from q or from k by two masked loads.
 # inv_freq comes from the host with the reference's exact formula (theta ** (2i/D) in fp32), so the angles
 # match the reference bit for bit; cos/sin are evaluated in fp32 in the kernel.
-
-
-@triton.jit
-def _norm_rope_heads(x_ptr, out_ptr, w_ptr, tok, stride_xt, stride_xh, stride_ot, stride_oh, n_heads, half, cos,
-                     sin, eps, D, HAS_NORM: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    heads = tl.arange(0, BLOCK_HEADS)[:, None]
-    cols = tl.arange(0, BLOCK_HALF)[None, :]
-    mask = (heads < n_heads) & (cols < half)
-    src = x_ptr + tok * stride_xt + heads.to(tl.int64) * stride_xh + cols
-    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + half, mask=mask, other=0.0).to(tl.float32)
-    if HAS_NORM:  # per-head RMSNorm over the full head_dim (both halves)
-        ms = (tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / D
-        inv = (1.0 / tl.sqrt(ms + eps))[:, None]
-        w1 = tl.load(w_ptr + cols, mask=cols < half, other=0.0).to(tl.float32)
-        w2 = tl.load(w_ptr + half + cols, mask=cols < half, other=0.0).to(tl.float32)
-        x1 = x1 * inv * w1
-        x2 = x2 * inv * w2
-    dst = out_ptr + tok * stride_ot + heads.to(tl.int64) * stride_oh + cols
-    ty = out_ptr.dtype.element_ty
-    tl.store(dst, (x1 * cos - x2 * sin).to(ty), mask=mask)          # x*cos + rotate_half(x)*sin, first half
-    tl.store(dst + half, (x2 * cos + x1 * sin).to(ty), mask=mask)   # second half
+# Elements of a [BLOCK_R, BLOCK_HALF] half tile (two live in fp32, four 64-bit pointer tiles): at 8 per thread.
+# 16 per thread (4 warps) spilled on sm_80 (compile gate: 168 registers, the q/k/out pointers of both halves).
+ROW_TILE = 2048
 
 
 @triton.jit
 def _qk_norm_rope_fwd_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, qw_ptr, kw_ptr, pos_ptr, inv_freq_ptr,
                              stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh, stride_kot,
-                             stride_koh, n_q_heads, n_kv_heads, half, eps, D, HAS_NORM: tl.constexpr,
-                             BLOCK_Q_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    tok = tl.program_id(0).to(tl.int64)
+                             stride_koh, n_rows, n_q_heads, n_heads, half, eps, D, HAS_NORM: tl.constexpr,
+                             BLOCK_R: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    tok = (r // n_heads).to(tl.int64)[:, None]
+    head = r % n_heads
+    is_q = (head < n_q_heads)[:, None]
+    qh = head[:, None].to(tl.int64)
+    kh = qh - n_q_heads
     cols = tl.arange(0, BLOCK_HALF)[None, :]
-    pos = tl.load(pos_ptr + tok).to(tl.float32)
-    ang = pos * tl.load(inv_freq_ptr + cols, mask=cols < half, other=0.0)   # [1, BLOCK_HALF] fp32
+    ok = (r < n_rows)[:, None] & (cols < half)
+    mq, mk = ok & is_q, ok & ~is_q
+    q_src = q_ptr + tok * stride_qt + qh * stride_qh + cols
+    k_src = k_ptr + tok * stride_kt + kh * stride_kh + cols
+    x1 = (tl.load(q_src, mask=mq, other=0.0) + tl.load(k_src, mask=mk, other=0.0)).to(tl.float32)
+    x2 = (tl.load(q_src + half, mask=mq, other=0.0) + tl.load(k_src + half, mask=mk, other=0.0)).to(tl.float32)
+    if HAS_NORM:  # per-head RMSNorm over the full head_dim (both halves), q_w for q rows, k_w for k rows
+        inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1))[:, None] / D + eps)
+        wm = cols < half
+        w1 = tl.where(is_q, tl.load(qw_ptr + cols, mask=wm, other=0.0).to(tl.float32),
+                      tl.load(kw_ptr + cols, mask=wm, other=0.0).to(tl.float32))
+        w2 = tl.where(is_q, tl.load(qw_ptr + half + cols, mask=wm, other=0.0).to(tl.float32),
+                      tl.load(kw_ptr + half + cols, mask=wm, other=0.0).to(tl.float32))
+        x1 = x1 * inv * w1
+        x2 = x2 * inv * w2
+    pos = tl.load(pos_ptr + tok, mask=r[:, None] < n_rows, other=0).to(tl.float32)
+    ang = pos * tl.load(inv_freq_ptr + cols, mask=cols < half, other=0.0)   # [BLOCK_R, BLOCK_HALF] fp32
     cos = tl.cos(ang)
     sin = tl.sin(ang)
-    _norm_rope_heads(q_ptr, q_out_ptr, qw_ptr, tok, stride_qt, stride_qh, stride_qot, stride_qoh, n_q_heads, half,
-                     cos, sin, eps, D, HAS_NORM, BLOCK_Q_HEADS, BLOCK_HALF)
-    _norm_rope_heads(k_ptr, k_out_ptr, kw_ptr, tok, stride_kt, stride_kh, stride_kot, stride_koh, n_kv_heads, half,
-                     cos, sin, eps, D, HAS_NORM, BLOCK_KV_HEADS, BLOCK_HALF)
+    y1 = x1 * cos - x2 * sin                      # x*cos + rotate_half(x)*sin, first half
+    y2 = x2 * cos + x1 * sin                      # second half
+    q_dst = q_out_ptr + tok * stride_qot + qh * stride_qoh + cols
+    k_dst = k_out_ptr + tok * stride_kot + kh * stride_koh + cols
+    tl.store(q_dst, y1.to(q_out_ptr.dtype.element_ty), mask=mq)
+    tl.store(q_dst + half, y2.to(q_out_ptr.dtype.element_ty), mask=mq)
+    tl.store(k_dst, y1.to(k_out_ptr.dtype.element_ty), mask=mk)
+    tl.store(k_dst + half, y2.to(k_out_ptr.dtype.element_ty), mask=mk)
 
 
 _INV_FREQ: dict = {}
@@ -95,8 +101,13 @@ def _inv_freq(D: int, theta: float, device) -> torch.Tensor:
     return _INV_FREQ[key]
 
 
-def _grid(T):
-    return (T,)
+def _block_rows(n_rows: int, block_half: int, sms: int) -> int:
+    """Head rows per program: one while the rows do not cover every SM, then up to ROW_TILE elements."""
+    return max(1, min(ROW_TILE // block_half, pow2_floor(n_rows // max(1, sms))))
+
+
+def _grid(n_rows, block_r):
+    return (triton.cdiv(n_rows, block_r),)
 
 
 def qk_norm_rope(q, k, q_w, k_w, positions, theta, eps):
@@ -127,10 +138,14 @@ def qk_norm_rope(q, k, q_w, k_w, positions, theta, eps):
         return q_out, k_out
     half = D // 2
     has_norm = q_w is not None
-    _qk_norm_rope_fwd_kernel[_grid(T)](
-        q, k, q_out, k_out, q_w if has_norm else q, k_w if has_norm else k, positions.contiguous(),
-        _inv_freq(D, theta, q.device), q.stride(0), q.stride(1), k.stride(0), k.stride(1), q_out.stride(0),
-        q_out.stride(1), k_out.stride(0), k_out.stride(1), Hq, Hkv, half, eps, D, HAS_NORM=has_norm,
-        BLOCK_Q_HEADS=triton.next_power_of_2(Hq), BLOCK_KV_HEADS=triton.next_power_of_2(Hkv),
-        BLOCK_HALF=triton.next_power_of_2(half), num_warps=4)
+    n_rows = T * (Hq + Hkv)
+    block_half = triton.next_power_of_2(half)
+    block_r = _block_rows(n_rows, block_half, num_sms(q.device))
+    launch(_qk_norm_rope_fwd_kernel, _grid(n_rows, block_r),
+           q, k, q_out, k_out, q_w if has_norm else q, k_w if has_norm else k, positions.contiguous(),
+           _inv_freq(D, theta, q.device), q.stride(0), q.stride(1), k.stride(0), k.stride(1), q_out.stride(0),
+           q_out.stride(1), k_out.stride(0), k_out.stride(1), n_rows, Hq, Hq + Hkv, half, eps, D,
+           HAS_NORM=has_norm, BLOCK_R=block_r, BLOCK_HALF=block_half,
+           num_warps=max(1, min(8, block_r * block_half // 256)), path="norm" if has_norm else "rope",
+           rows=n_rows, tile_rows=block_r)
     return q_out, k_out

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, check_tensors, num_sms, row_major
-from .linear import gemm_blocks, gemm_grid, linear, tile_ids
+from ._common import check_dtype, check_tensors, launch, num_sms, row_major
+from .linear import GEMV_MAX_ROWS, gemm_blocks, gemm_grid, gemv, linear, tile_ids
 
 
 def swiglu_ffn_ref(x, w_gate_up, w_down, residual=None):
@@ -26,6 +26,8 @@ def swiglu_ffn_ref(x, w_gate_up, w_down, residual=None):
 #      the same x tile (two fp32 accumulators, one pass over x), then stores silu(g) * u: the [T, 2I]
 #      gate/up activations never reach HBM, only the [T, I] product does.
 #   2. down GEMM (`linear`): h Wd^T with the residual add in its epilogue.
+# At <= GEMV_MAX_ROWS token rows (a query) the gate/up product takes linear's split-K GEMV path instead, with
+# silu(g) * u applied after the split reduction: the weight stream is spread over every SM.
 
 
 @triton.jit
@@ -76,9 +78,12 @@ def swiglu_ffn(x, w_gate_up, w_down, residual=None):
     w_gate_up = row_major(w_gate_up)
     M = x2.shape[0]
     h = torch.empty((M, I), dtype=x.dtype, device=x.device)
-    if M:
+    if M and M <= GEMV_MAX_ROWS:
+        gemv(x2, w_gate_up, None, None, h, "swiglu")
+    elif M:
         meta = gemm_blocks(M, I, x.dtype, num_sms(x.device), accumulators=2)
-        _swiglu_gate_up_fwd_kernel[gemm_grid(M, I, meta)](x2, w_gate_up, h, M, I, H, x2.stride(0),
-                                                         w_gate_up.stride(0), h.stride(0), **meta)
+        launch(_swiglu_gate_up_fwd_kernel, gemm_grid(M, I, meta), x2, w_gate_up, h, M, I, H, x2.stride(0),
+               w_gate_up.stride(0), h.stride(0), path="tiled", rows=M * triton.cdiv(I, meta["BLOCK_N"]),
+               tile_rows=meta["BLOCK_M"], **meta)
     res2 = None if residual is None else residual.reshape(-1, H)
     return linear(h, w_down, None, res2).view(*lead, H)

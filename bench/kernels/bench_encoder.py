@@ -11,7 +11,7 @@ from roofline import bound
 
 from hlm_engine import Encoder
 from hlm_engine.config import preset
-from hlm_engine.modeling.packing import pack
+from hlm_engine.models.packing import pack
 
 
 def main():

@@ -13,8 +13,11 @@ Every token belongs to some sequence of at most L tokens (the attention kernels 
 that), each padding sequence attends only to itself, and the outputs of rows >= b are dropped. `max_seqlen`
 is the bucket's L, so the launchers pick the same tiles at capture and replay.
 
-    runner = CudaGraphRunner(lambda batch: encoder.embed_batch(batch), device, buckets=[(1, 16), (64, 32)])
-    out = runner(batch)        # [b, d], or None when no bucket holds the batch (run it eagerly)
+    runner = CudaGraphRunner(encoder.embed_batch, device, buckets=[(1, 16), (64, 32)])
+    out = runner(batch, normalize, dim)   # [b, d], or None: no bucket holds it, CPU, autograd on (run eagerly)
+
+`fn` may itself call the runner first (the encoder's one-line hook in embed_batch): while the runner warms up
+or captures, it answers None, so `fn` runs its eager body then.
 """
 from __future__ import annotations
 
@@ -46,15 +49,16 @@ def pad_to_bucket(batch: PackedBatch, max_batch: int, max_len: int, pad_id: int 
 
 
 class CudaGraphRunner:
-    """`fn(batch) -> [num_seqs, d]` replayed from a CUDA graph per bucket. Buckets are captured lazily on the
-    first batch that needs them (the first call per bucket pays warm-up + capture, ~100 ms), smallest fitting
-    bucket first: fewest padded tokens. All graphs share one memory pool."""
+    """`fn(batch, *args) -> [num_seqs, d]` replayed from a CUDA graph per (bucket, args). Buckets are captured
+    lazily on the first batch that needs them (warm-up + capture, ~100 ms once), the smallest fitting bucket
+    first: fewest padded tokens. All graphs share one memory pool."""
 
     def __init__(self, fn, device, buckets=DEFAULT_BUCKETS, pad_id: int = 0, warmup: int = 2):
         self.fn, self.device, self.pad_id, self.warmup = fn, torch.device(device), pad_id, warmup
         self.buckets = sorted({(int(b), int(n)) for b, n in buckets}, key=lambda x: (x[0] * x[1], x))
-        self.graphs: dict = {}  # bucket -> (graph, static PackedBatch, static output)
+        self.graphs: dict = {}  # (bucket, args) -> (graph, static PackedBatch, static output)
         self.pool = None
+        self._busy = False      # inside warm-up / capture: fn's own call to the runner must run eagerly
 
     def bucket_for(self, batch: PackedBatch):
         for b, n in self.buckets:
@@ -62,33 +66,38 @@ class CudaGraphRunner:
                 return b, n
         return None
 
-    def _capture(self, bucket):
+    def _capture(self, bucket, args):
         b, n = bucket
         dummy = PackedBatch(torch.full((1,), self.pad_id, dtype=torch.int64, device=self.device),
                             torch.tensor([0, 1], dtype=torch.int32, device=self.device),
                             torch.zeros(1, dtype=torch.int64, device=self.device), 1)
         static = pad_to_bucket(dummy, b, n, self.pad_id)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(self.warmup):  # compiles the kernels and allocates lazily created buffers
-                self.fn(static)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
-            out = self.fn(static)
-        self.graphs[bucket] = (graph, static, out)
+        self._busy = True
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(self.warmup):  # compiles the kernels, allocates lazily created buffers
+                    self.fn(static, *args)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self.fn(static, *args)
+        finally:
+            self._busy = False
+        self.graphs[(bucket, args)] = (graph, static, out)
 
-    @torch.inference_mode()
-    def __call__(self, batch: PackedBatch):
-        bucket = self.bucket_for(batch)
-        if bucket is None or self.device.type != "cuda":
+    def __call__(self, batch: PackedBatch, *args):
+        if self._busy or self.device.type != "cuda" or torch.is_grad_enabled():
             return None
-        if bucket not in self.graphs:
-            self._capture(bucket)
-        graph, static, out = self.graphs[bucket]
+        bucket = self.bucket_for(batch)
+        if bucket is None:
+            return None
+        if (bucket, args) not in self.graphs:
+            self._capture(bucket, args)
+        graph, static, out = self.graphs[(bucket, args)]
         padded = pad_to_bucket(batch.to(self.device), *bucket, self.pad_id)
         static.input_ids.copy_(padded.input_ids)
         static.cu_seqlens.copy_(padded.cu_seqlens)

@@ -1,7 +1,7 @@
 """The `triton` backend: the Triton kernels of `hlm_engine.kernels` (CUDA; the interpreter on CPU).
 
-The plain projections (QKV, attention output) stay on the vendor GEMM (cuBLAS runs them at roofline for
-batches); the fused epilogues live in the FFN ops. Importing this module imports Triton, which fixes
+Linear layers run `kernels/linear.py`: a split-K GEMV path for <= 16 token rows (batch-1 queries: the
+weight stream spread over every SM) and a tiled GEMM with a fused epilogue above. Importing this module imports Triton, which fixes
 interpreter mode: set TRITON_INTERPRET=1 before that to run the kernels on CPU.
 """
 from __future__ import annotations
@@ -10,10 +10,10 @@ from hlm_engine.kernels.add_layernorm import add_layernorm
 from hlm_engine.kernels.add_rmsnorm import add_rmsnorm
 from hlm_engine.kernels.attention import varlen_attention
 from hlm_engine.kernels.gelu_ffn import gelu_ffn
+from hlm_engine.kernels.linear import linear
 from hlm_engine.kernels.pool import pool
 from hlm_engine.kernels.qk_norm_rope import qk_norm_rope
 from hlm_engine.kernels.swiglu_ffn import swiglu_ffn
-from hlm_engine.ops.reference import linear_ref
 
 
 class TritonBackend:
@@ -21,7 +21,7 @@ class TritonBackend:
 
     @staticmethod
     def linear(x, w, b=None, activation="none"):
-        return linear_ref(x, w, b, activation)
+        return linear(x, w, b, None, activation)
 
     @staticmethod
     def varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, bias=None):

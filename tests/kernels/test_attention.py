@@ -18,6 +18,13 @@ CASES = [
     pytest.param(MIXED, 2, 2, 64, False, True, id="mixed-bias-bidir"),
     pytest.param([33, 7], 2, 1, 64, True, True, id="bias-causal"),
     pytest.param([5, 9], 3, 3, 80, False, False, id="d80-padded"),
+    # Short path (<= SHORT_MAX_L tokens: several heads per program, block-diagonal over kv heads): 12 heads
+    # (a chunk of 8 + a masked one), GQA 2 at head_dim 128 (Qwen3), MPNet's bias, lengths 1..32.
+    pytest.param([8], 12, 12, 32, False, False, id="short-minilm-1x8"),
+    pytest.param([3, 16, 9], 12, 12, 32, False, False, id="short-minilm-ragged"),
+    pytest.param([8, 5], 16, 8, 128, True, False, id="short-qwen3-gqa2"),
+    pytest.param([32, 1, 17], 4, 1, 64, True, False, id="short-mqa-causal-L32"),
+    pytest.param([7, 12], 6, 6, 64, False, True, id="short-bias"),
 ]
 
 
@@ -40,6 +47,26 @@ def test_varlen_attention(lens, Hq, Hkv, D, causal, bias, dtype):
     out64 = varlen_attention_ref(q.double(), k.double(), v.double(), cu, L, causal, None,
                                  None if b is None else b.double())
     assert_within_torch_error(out, out_t, out64, dtype, f"attention lens={lens} Hq={Hq} Hkv={Hkv} D={D}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streaming_path_on_short_sequences(monkeypatch, dtype):
+    """The streaming (flash) kernel still serves short sequences when the short path is off."""
+    import hlm_engine.kernels.attention as attn
+    monkeypatch.setattr(attn, "SHORT_MAX_L", 0)
+    lens = [8, 3]
+    q, k, v, b = _qkv(lens, 4, 2, 64, dtype, True)
+    cu, _ = packed(lens)
+    out = varlen_attention(q, k, v, cu, 8, True, None, b)
+    out64 = varlen_attention_ref(q.double(), k.double(), v.double(), cu, 8, True, None, b.double())
+    assert_within_torch_error(out, varlen_attention_ref(q, k, v, cu, 8, True, None, b), out64, dtype, "flash short")
+
+
+def test_short_heads_fill_the_score_tile():
+    from hlm_engine.kernels.attention import short_heads
+    assert short_heads(8, 12, 1) == 8 and short_heads(8, 16, 2) == 8   # a query: 2 programs per sequence
+    assert short_heads(32, 16, 2) == 2 and short_heads(16, 12, 1) == 4
+    assert short_heads(33, 12, 1) == 0 and short_heads(8, 32, 3) == 0   # too long; non-power-of-two group
 
 
 def test_attention_reads_strided_qkv_views():

@@ -67,3 +67,16 @@ def test_norm_shape_errors_name_the_argument():
         add_rmsnorm(x, None, torch.ones(7), 1e-6)
     with pytest.raises(ValueError, match="residual"):
         add_layernorm(x, torch.randn(3, 9), torch.ones(8), None, 1e-6)
+
+
+@pytest.mark.parametrize("T", [8, 300])
+def test_rows_per_program_sized_to_the_sms(monkeypatch, T):
+    """One row per program for a query on 132 SMs, several once every SM has one: same results."""
+    import hlm_engine.kernels.add_layernorm as ln
+    import hlm_engine.kernels.add_rmsnorm as rms
+    for m in (ln, rms):
+        monkeypatch.setattr(m, "num_sms", lambda device: 132)
+    assert ln._block_rows(8, 512, 132) == 1 and ln._block_rows(1024, 512, 132) == 4
+    x, res, w, b = _inputs(T, 384, torch.float32, seed=2)
+    torch.testing.assert_close(add_layernorm(x, res, w, b, 1e-12)[0], add_layernorm_ref(x, res, w, b, 1e-12)[0])
+    torch.testing.assert_close(add_rmsnorm(x, res, w, 1e-6)[0], add_rmsnorm_ref(x, res, w, 1e-6)[0])

@@ -36,3 +36,15 @@ def test_rope_rejects_odd_head_dim():
     q = torch.randn(2, 1, 33)
     with pytest.raises(ValueError, match="even"):
         qk_norm_rope(q, q, None, None, torch.arange(2), 10000.0, 1e-6)
+
+
+def test_one_head_row_per_program(monkeypatch):
+    """On a GPU a short query gets one head row per program (rows sized to the SMs); same result."""
+    import hlm_engine.kernels.qk_norm_rope as m
+    monkeypatch.setattr(m, "num_sms", lambda device: 132)
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(8, 16, 64, generator=g), torch.randn(8, 8, 64, generator=g)
+    q_w, k_w = torch.rand(64, generator=g) + 0.5, torch.rand(64, generator=g) + 0.5
+    args = (q, k, q_w, k_w, torch.arange(8), 1e6, 1e-6)
+    for got, want in zip(qk_norm_rope(*args), qk_norm_rope_ref(*args)):
+        torch.testing.assert_close(got, want)
