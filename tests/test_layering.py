@@ -82,6 +82,13 @@ def test_models_reach_kernels_only_through_ops():
                   "triton"), models) == []
 
 
+def test_serving_never_imports_retrieval():
+    """serving <- retrieval: the HTTP service gets its Retriever from the entry point that composes both."""
+    serving = [p for p in _runtime_files() if os.sep + "serving" + os.sep in p]
+    assert serving
+    assert _hits(("hlm_engine.retrieval", "hlm_engine.cli"), serving) == []
+
+
 def test_kernels_are_a_leaf():
     files = [os.path.join(ROOT, "kernels", f) for f in os.listdir(os.path.join(ROOT, "kernels")) if f.endswith(".py")]
     bad = [h for h in _hits(("hlm_engine",), files) if "hlm_engine.kernels" not in h]

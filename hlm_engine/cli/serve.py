@@ -47,7 +47,8 @@ def register(sub):
     h.add_argument("--request-timeout-ms", type=float, default=30_000.0, help="-> 504; expired work never runs")
     h.add_argument("--payload-limit", type=int, default=2_000_000, help="request body bytes; more -> 413")
     h.add_argument("--tokenize-in-caller", action="store_true",
-                   help="tokenize on the event loop at submit (one thread hand-off less; short queries)")
+                   help="tokenize on the event loop at submit instead of the engine's tokenizer thread (off: "
+                   "measured ~150 us more event-loop CPU per request than the hand-off)")
     h.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
 
@@ -106,7 +107,8 @@ def run_http(a):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     from hlm_engine.serving.http_app import Limits
-    from hlm_engine.serving.http_server import build_service, serve
+    from hlm_engine.cli.http_service import build_service
+    from hlm_engine.serving.http_server import serve
 
     limits = Limits(max_concurrent_requests=a.max_concurrent_requests, max_client_batch_size=a.max_client_batch_size,
                     payload_limit=a.payload_limit, api_key=a.api_key or None,

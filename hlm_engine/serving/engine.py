@@ -10,6 +10,9 @@ the model sees packed batches.
         vecs, n_tokens = await eng.aembed(["a"], dim=256, deadline_ms=50, return_tokens=True)
         eng.metrics(); eng.metrics_text()
 
+This file is the pipeline behind `submit`; the calls built on it (encode, aencode, embed, aembed, tokenize)
+are `hlm_engine.serving.embed_api.EmbeddingAPI`, which Engine mixes in.
+
 Pipeline: submit (caller thread: cheap checks, admission) -> inbox -> tokenizer thread (the Rust batch
 encoder over whatever has queued up) -> scheduler (`hlm_engine.serving.scheduler`: batch membership and timing)
 -> model worker thread(s) (`encoder.embed_ids` on one packed batch) -> futures.
@@ -25,7 +28,6 @@ fails only its batch (ModelError, the cause chained); close() drains or fails ev
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import math
@@ -33,11 +35,9 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from concurrent.futures import wait as futures_wait
-
-import numpy as np
 
 from hlm_engine.encoder import check_role
+from hlm_engine.serving.embed_api import EmbeddingAPI, InputTooLong
 from hlm_engine.serving.metrics import EngineMetrics
 from hlm_engine.serving.scheduler import OK, DeadlineExceeded, QueueFull, Scheduler, now_us
 
@@ -50,15 +50,6 @@ class ModelError(RuntimeError):
 
 class EngineClosed(RuntimeError):
     """The engine was closed (submit after close, or close(drain=False) before the request ran)."""
-
-
-class InputTooLong(ValueError):
-    """A text longer than the model takes (`truncate=False`) or than a batch holds (max_batch_tokens).
-    `index`: its position in the texts of an `aembed`/`tokenize` call (None for a single submit)."""
-
-    def __init__(self, n_tokens: int, limit: int, what: str = "max_length", index: int | None = None):
-        super().__init__(f"text is too long: {n_tokens} tokens > {what}={limit}")
-        self.n_tokens, self.limit, self.what, self.index = n_tokens, limit, what, index
 
 
 class _EngineFuture(Future):
@@ -86,7 +77,7 @@ def _bad_input(text, deadline_ms) -> ValueError | None:
     return None
 
 
-class Engine:
+class Engine(EmbeddingAPI):
     def __init__(self, encoder, max_batch_tokens: int = 8192, max_batch_size: int = 256, max_delay_us: int = 2000,
                  max_queued_requests: int = 10000, max_queued_tokens: int | None = None, workers: int = 1,
                  normalize: bool = True, dim: int | None = None, prompt: str | None = None,
@@ -172,118 +163,6 @@ class Engine:
                 if self._closed:
                     self._cv.notify_all()  # close() waits for admissions in flight before closing the queue
 
-    def encode(self, texts) -> np.ndarray:
-        """Texts -> np.float32 [n, d] through the batching pipeline; raises the first request's error.
-        When the queue is full it waits for its own oldest pending request (QueueFull only when it has
-        none: the queue is full of other callers' work)."""
-        futs, pending = [], deque()
-        for t in _as_list(texts):
-            while True:
-                try:
-                    fut = self.submit(t)
-                    break
-                except QueueFull:
-                    futures_wait([_oldest_pending(pending, futs)])
-            futs.append(fut)
-            pending.append(fut)
-        return self._stack([f.result() for f in futs])
-
-    async def aencode(self, texts) -> np.ndarray:
-        """`encode` for asyncio: awaits the futures (asyncio.wrap_future) instead of blocking the loop."""
-        futs, pending = [], deque()
-        for t in _as_list(texts):
-            while True:
-                try:
-                    fut = self.submit(t)
-                    break
-                except QueueFull:
-                    await asyncio.wait([asyncio.wrap_future(_oldest_pending(pending, futs))])
-            futs.append(fut)
-            pending.append(fut)
-        return self._stack(await asyncio.gather(*(asyncio.wrap_future(f) for f in futs)))
-
-    # ------------------------------------------------------------------ the embedding interface
-    def embed(self, texts, role: str | None = None, dim: int | None = None) -> np.ndarray:
-        """Texts -> np.float32 [n, dim or self.dim], as `Encoder.embed` returns them. An engine serves one role
-        (its prompt is applied to every request); asking for another raises ValueError. `dim` truncates
-        (Matryoshka) and re-normalises vectors of a normalising engine."""
-        self._check_role(role)
-        return self._fit_dim(self.encode(texts), dim)
-
-    async def aembed(self, texts, role: str | None = None, dim: int | None = None, *,
-                     deadline_ms: float | None = None, truncate: bool = True, return_tokens: bool = False):
-        """`embed` for asyncio (the HTTP front-end): awaits the futures, never blocks the loop; role and dim as
-        in `embed`. Fails fast: the first failed request cancels the others and its exception is raised, its
-        `index` attribute set to its position in `texts`; QueueFull (cancelling those already submitted) when
-        the queue is full. Cancelling the awaiting task cancels every request (queued ones are never computed).
-        return_tokens=True -> (vectors, token count per text)."""
-        self._check_role(role)
-        if dim is not None:
-            self.encoder.check_dim(dim)
-        texts = _as_list(texts)
-        futs = []
-        try:
-            for t in texts:
-                futs.append(self.submit(t, deadline_ms, truncate))
-            if len(futs) == 1:
-                rows = [await asyncio.wrap_future(futs[0])]
-            else:
-                waits = [asyncio.wrap_future(f) for f in futs]
-                await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
-                rows = [w.result() for w in waits]  # raises the first failure by position
-        except BaseException as e:
-            for f in futs:
-                f.cancel()
-            for i, f in enumerate(futs):
-                if f.done() and not f.cancelled() and f.exception() is e:
-                    e.index = i
-            raise
-        out = self._fit_dim(self._stack(rows), dim)
-        return (out, [f.n_tokens for f in futs]) if return_tokens else out
-
-    def tokenize(self, texts, truncate: bool = True) -> list[list[int]]:
-        """Token ids as this engine feeds them to the model (the role's prompt and special tokens included);
-        truncate=False raises InputTooLong (its `index` set) for a text over the model's max_length."""
-        texts = _as_list(texts)
-        out = self.encoder.tokenize(texts, self.prompt)
-        if not truncate:
-            for i, (t, ids) in enumerate(zip(texts, out)):
-                if len(ids) >= self._max_length() and (n := self._full_length(t)) > len(ids):
-                    raise InputTooLong(n, len(ids), index=i)
-        return out
-
-    def _check_role(self, role: str | None) -> None:
-        if role is not None and role != self.role:
-            check_role(role)
-            raise ValueError(f"this engine serves role {self.role!r}, not {role!r}")
-
-    def _fit_dim(self, out: np.ndarray, dim: int | None) -> np.ndarray:
-        if dim is not None and dim != out.shape[1]:
-            self.encoder.check_dim(dim)
-            if dim > out.shape[1]:
-                raise ValueError(f"dim {dim} exceeds the engine's {out.shape[1]}-d vectors")
-            out = out[:, :dim]
-            if self.normalize:  # unit length again after truncation: same direction as truncate-then-normalise
-                out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return np.ascontiguousarray(out, dtype=np.float32)
-
-    def _max_length(self) -> int:
-        return self.encoder.max_length
-
-    def _full_length(self, text: str) -> int:
-        """Token count of `text` (with the prompt, special tokens and any EOS) before truncation. Only asked
-        for texts that reach max_length, so the untruncated tokenizer is built on first use."""
-        tok = self.__dict__.get("_untruncated")
-        if tok is None:
-            from tokenizers import Tokenizer
-            tok = Tokenizer.from_file(self.encoder.tokenizer.path)
-            tok.no_truncation()
-            tok.no_padding()
-            self._untruncated = tok
-        eos = getattr(self.encoder.tokenizer, "eos", None)
-        ids = tok.encode((self.prompt or "") + text).ids
-        return len(ids) + (1 if eos is not None and (not ids or ids[-1] != eos) else 0)
-
     @property
     def dim(self) -> int:
         """Width of the vectors this engine returns (the encoder's, or the engine's truncation)."""
@@ -296,9 +175,6 @@ class Engine:
     @property
     def config(self):
         return self.encoder.config
-
-    def _stack(self, rows) -> np.ndarray:
-        return np.stack(rows) if rows else np.empty((0, self.dim), np.float32)
 
     def _on_cancel(self, fut: Future) -> None:
         self._metrics.cancelled.inc()
@@ -496,24 +372,6 @@ class Engine:
         return (f"Engine(scheduler={s.impl}, max_batch_tokens={s.max_batch_tokens}, "
                 f"max_batch_size={s.max_batch_size}, max_delay_us={s.max_delay_us}, "
                 f"workers={len(self._threads) - 1}, tokenize_in_caller={self.tokenize_in_caller})")
-
-
-def _as_list(texts) -> list:
-    if isinstance(texts, str):
-        raise ValueError("expected a list of strings, got a single str (wrap it in a list)")
-    return list(texts)
-
-
-def _oldest_pending(pending: deque, futs: list) -> Future:
-    """The caller's oldest unfinished request, to wait on when the queue is full. None left: the queue
-    is full of other callers' work, so give up: cancel ours and raise QueueFull."""
-    while pending and pending[0].done():
-        pending.popleft()
-    if not pending:
-        for f in futs:
-            f.cancel()
-        raise QueueFull("queue full of other requests; retry later")
-    return pending[0]
 
 
 def _fail(fut: Future, err: BaseException) -> int:

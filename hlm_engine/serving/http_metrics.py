@@ -2,7 +2,7 @@
 every engine's metrics (queue depth, batch size and tokens, tokenize / queue-wait / compute durations)
 re-exported with a `role` label, so two engines (query and document) share one /metrics page.
 
-    m = HttpMetrics({"query": engine, "document": engine2})
+    m = HttpMetrics({"query": engine, "document": engine2}, in_flight_fn)
     m.observe("/v1/embeddings", 200, seconds); m.text()
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ class _EngineCollector:
 
 
 class HttpMetrics:
-    def __init__(self, engines: dict, prefix: str = "hlm_http"):
+    def __init__(self, engines: dict, in_flight_fn, prefix: str = "hlm_http"):
         self.registry = r = CollectorRegistry(auto_describe=False)
         self.requests = Counter(f"{prefix}_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=r)
@@ -40,6 +40,7 @@ class HttpMetrics:
                                   "by route and status", ["route", "status"], buckets=_SECONDS, registry=r)
         self.in_flight = Gauge(f"{prefix}_requests_in_flight", "requests admitted and not yet answered "
                                "(bounded by --max-concurrent-requests)", registry=r)
+        self.in_flight.set_function(in_flight_fn)
         r.register(_EngineCollector(engines))
         self._children: dict = {}
 

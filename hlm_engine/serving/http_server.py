@@ -1,6 +1,7 @@
 """Running the HTTP service (`http_app.py`) on uvicorn: one process holds the models, one event loop serves.
 
     svc = build_service("minilm", document_model="mpnet", index="idx/", engine=dict(workers=2), limits=Limits())
+    # (build_service: hlm_engine.cli.http_service, which composes the engines with the retrieval layer)
     serve(svc, host="127.0.0.1", port=8080)          # blocks; SIGTERM/SIGINT: drain, then return 0
     with ServerThread(svc) as srv: srv.url           # the same server in a thread of this process (tests, tools)
 
@@ -13,68 +14,18 @@ re-raise the signal after a graceful shutdown, exiting -15).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
-import os
 import signal
 import socket
 import threading
+import time
 
 import uvicorn
 
-from hlm_engine.serving.http_app import Limits, Service, create_app
+from hlm_engine.serving.http_app import Service, create_app
 
 log = logging.getLogger("hlm_engine.serving.http")
-
-
-def load_titles(corpus: str | None, id_column: str = "product_id", text_column: str = "title") -> dict[str, str]:
-    """doc id -> title from a TSV (default: $HLM_DATA_DIR/homedepot/products.tsv when present)."""
-    from hlm_engine.retrieval.data import data_dir, read_tsv
-    if corpus is None and data_dir():
-        guess = os.path.join(data_dir(), "homedepot", "products.tsv")
-        corpus = guess if os.path.exists(guess) else None
-    if not corpus:
-        return {}
-    t = read_tsv(corpus, [id_column, text_column])
-    return dict(zip(t[id_column], t[text_column]))
-
-
-def build_service(query_model, document_model=None, index: str | None = None, corpus: str | None = None,
-                  backend: str | None = "auto", engine: dict | None = None, limits: Limits | None = None,
-                  warmup: bool = True) -> Service:
-    """Load the models (names, folders or Encoders), start one Engine per role, pair the index with the query
-    engine, warm up. `engine`: Engine keyword arguments shared by both roles."""
-    from hlm_engine.encoder import Encoder
-    from hlm_engine.serving.engine import Engine
-
-    engines, names = {}, {}
-    try:
-        for role, model in (("query", query_model), ("document", document_model)):
-            if model is None:
-                continue
-            enc = model if isinstance(model, Encoder) else Encoder.from_pretrained(os.fspath(model), backend=backend)
-            engines[role] = Engine(enc, role=role, **(engine or {}))
-            folder_name = os.path.basename((enc.folder or "").rstrip("/")) or enc.config.name or role
-            names[role] = [folder_name] + ([model] if isinstance(model, str) and model != folder_name else [])
-            mb = engines[role].scheduler.max_batch_tokens
-            if mb < enc.max_length:
-                log.warning("%s model %s: max_batch_tokens=%d < its max_length %d: inputs longer than %d tokens "
-                            "are refused (422)", role, folder_name, mb, enc.max_length, mb)
-        retriever = None
-        if index is not None:
-            from hlm_engine.retrieval.retriever import Retriever
-            try:
-                retriever = Retriever.load(index, engines["query"], doc_texts=load_titles(corpus))
-            except ValueError as e:
-                raise ValueError(f"--index {index} does not pair with --query-model {names['query'][0]} "
-                                 f"(space {engines['query'].space['space'] or 'unknown'}): {e}") from None
-        svc = Service(engines, names, retriever, limits)
-        if warmup:
-            svc.warmup()
-        return svc
-    except BaseException:
-        for eng in engines.values():
-            eng.close(drain=False)
-        raise
 
 
 class _Server(uvicorn.Server):
@@ -114,6 +65,10 @@ def serve(svc: Service, host: str = "127.0.0.1", port: int = 8080, log_level: st
     """Serve until SIGTERM/SIGINT, then drain: in-flight requests are answered (up to graceful_s), the
     engines finish what they hold, exit status 0."""
     server = _Server(_config(svc, host, port, log_level, graceful_s), svc)
+    # The ~300k objects of the loaded models and libraries leave the collector's reach: its full passes (run
+    # on the event loop's thread as requests allocate) then walk only what serving creates.
+    gc.collect()
+    gc.freeze()
     try:
         server.run()
     finally:
@@ -138,12 +93,8 @@ class ServerThread:
 
     def __enter__(self) -> "ServerThread":
         self.thread.start()
-        started = threading.Event()
-
-        def poll():
-            while not self.server.started and self.thread.is_alive():
-                started.wait(0.01)
-        poll()
+        while not self.server.started and self.thread.is_alive():
+            time.sleep(0.01)
         if not self.server.started:
             raise RuntimeError("HTTP server thread failed to start")
         return self

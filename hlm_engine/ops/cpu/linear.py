@@ -23,7 +23,6 @@ HLM_CPU_PREPACK = auto (default) | hlm | onednn | 0 (off), read once when the cp
 """
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 
