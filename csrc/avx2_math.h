@@ -1,4 +1,4 @@
-// Vector math shared by the CPU kernels (small_gemm.cpp, cpu_attention.cpp): AVX2/FMA code selected per
+// Vector math shared by the CPU kernels (packed_gemm.cpp, cpu_attention.cpp, native_forward.cpp): AVX2/FMA code selected per
 // function by target attributes, so the translation units build for the baseline ISA and the callers
 // choose at run time (`__builtin_cpu_supports`).
 #pragma once
@@ -44,6 +44,35 @@ HLM_AVX2 inline __m256 exp_neg(__m256 x) {
   p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// Exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), as BERT/MPNet use it. erf by Abramowitz & Stegun 7.1.26
+// (|error| <= 1.5e-7, the same formula ATen's vectorized erf uses) on |x|, sign restored after.
+HLM_AVX2 inline __m256 gelu(__m256 x) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
+  const __m256 az = _mm256_andnot_ps(sign, z);
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), az,
+                                                                    _mm256_set1_ps(1.f)));
+  __m256 poly = _mm256_set1_ps(1.061405429f);
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+  poly = _mm256_mul_ps(poly, t);
+  const __m256 erf_abs = _mm256_fnmadd_ps(poly, exp_neg(_mm256_mul_ps(_mm256_mul_ps(az, az), _mm256_set1_ps(-1.f))),
+                                          _mm256_set1_ps(1.f));
+  const __m256 erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign, z));
+  return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(erf, _mm256_set1_ps(1.f)));
+}
+
+// SiLU, x * sigmoid(x) (Qwen3's SwiGLU gate). exp_neg only takes x <= 0, so e = exp(-|x|) and
+// sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) below: no overflow at either end.
+HLM_AVX2 inline __m256 silu(__m256 x) {
+  const __m256 e = exp_neg(_mm256_or_ps(x, _mm256_set1_ps(-0.f)));  // -|x|
+  const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), e));
+  const __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+  return _mm256_mul_ps(x, _mm256_blendv_ps(inv, _mm256_mul_ps(e, inv), neg));
 }
 
 // Horizontal sum / max of the 8 lanes.

@@ -62,30 +62,25 @@ HLM_AVX2 void attend_row(const AttnArgs& a, const float* qrow, const float* brow
   }
 }
 
-HLM_AVX2 void run(const AttnArgs& a) {
-  int64_t max_ld = 0;
-  for (int64_t b = 0; b < a.batch; ++b) max_ld = std::max<int64_t>(max_ld, a.cu_seqlens[b + 1] - a.cu_seqlens[b]);
-  max_ld = (max_ld + 7) / 8 * 8;
-  std::vector<float> kt_buf(static_cast<size_t>(a.head_dim * max_ld)), s(static_cast<size_t>(max_ld));
-  float* kt = kt_buf.data();
+// Units [u0, u1) of (sequence, kv head); kt: head_dim x padded length, s: padded length (the scratch).
+HLM_AVX2 void run_units(const AttnArgs& a, int64_t u0, int64_t u1, float* kt, float* s) {
   const int64_t group = a.hq / a.hkv;
-  for (int64_t b = 0; b < a.batch; ++b) {
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t b = u / a.hkv, g = u % a.hkv;
     const int64_t t0 = a.cu_seqlens[b], len = a.cu_seqlens[b + 1] - t0;
     const int64_t ld = (len + 7) / 8 * 8;  // K^T row length; the zeroed tail scores 0 and is masked
-    for (int64_t g = 0; g < a.hkv; ++g) {
-      for (int64_t dd = 0; dd < a.head_dim; ++dd) {
-        float* dst = kt + dd * ld;
-        const float* src = a.k + t0 * a.k_st + g * a.k_sh + dd;
-        for (int64_t j = 0; j < len; ++j) dst[j] = src[j * a.k_st];
-        for (int64_t j = len; j < ld; ++j) dst[j] = 0.f;
-      }
-      const float* v = a.v + t0 * a.v_st + g * a.v_sh;
-      for (int64_t h = g * group; h < (g + 1) * group; ++h) {  // GQA: the query heads sharing kv head g
-        const float* bh = a.bias != nullptr ? a.bias + h * a.b_sh : nullptr;
-        for (int64_t i = 0; i < len; ++i) {
-          attend_row(a, a.q + (t0 + i) * a.q_st + h * a.q_sh, bh != nullptr ? bh + i * a.b_si : nullptr,
-                     a.causal ? i + 1 : len, kt, ld, v, s.data(), a.out + (t0 + i) * a.o_st + h * a.o_sh);
-        }
+    for (int64_t dd = 0; dd < a.head_dim; ++dd) {
+      float* dst = kt + dd * ld;
+      const float* src = a.k + t0 * a.k_st + g * a.k_sh + dd;
+      for (int64_t j = 0; j < len; ++j) dst[j] = src[j * a.k_st];
+      for (int64_t j = len; j < ld; ++j) dst[j] = 0.f;
+    }
+    const float* v = a.v + t0 * a.v_st + g * a.v_sh;
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {  // GQA: the query heads sharing kv head g
+      const float* bh = a.bias != nullptr ? a.bias + h * a.b_sh : nullptr;
+      for (int64_t i = 0; i < len; ++i) {
+        attend_row(a, a.q + (t0 + i) * a.q_st + h * a.q_sh, bh != nullptr ? bh + i * a.b_si : nullptr,
+                   a.causal ? i + 1 : len, kt, ld, v, s, a.out + (t0 + i) * a.o_st + h * a.o_sh);
       }
     }
   }
@@ -117,12 +112,31 @@ void validate(const AttnArgs& a) {
 
 }  // namespace
 
+int64_t attention_scratch_floats(int64_t head_dim, int64_t max_len) {
+  const int64_t ld = (max_len + 7) / 8 * 8;
+  return (head_dim + 1) * ld;
+}
+
+void varlen_attention_units(const AttnArgs& a, int64_t u0, int64_t u1, float* scratch) {
+#ifdef HLM_X86
+  if (u1 <= u0) return;
+  int64_t max_len = 0;  // of the sequences in this slice: where the K^T tile ends and the scores begin
+  for (int64_t b = u0 / a.hkv; b <= (u1 - 1) / a.hkv; ++b) {
+    max_len = std::max<int64_t>(max_len, a.cu_seqlens[b + 1] - a.cu_seqlens[b]);
+  }
+  run_units(a, u0, u1, scratch, scratch + a.head_dim * ((max_len + 7) / 8 * 8));
+#else
+  (void)a, (void)u0, (void)u1, (void)scratch;
+#endif
+}
+
 void varlen_attention(const AttnArgs& a) {
   validate(a);
   if (!cpu_has_avx2_fma()) throw std::runtime_error("varlen_attention: this CPU lacks AVX2 + FMA");
-#ifdef HLM_X86
-  run(a);
-#endif
+  int64_t max_len = 0;
+  for (int64_t b = 0; b < a.batch; ++b) max_len = std::max<int64_t>(max_len, a.cu_seqlens[b + 1] - a.cu_seqlens[b]);
+  std::vector<float> scratch(static_cast<size_t>(attention_scratch_floats(a.head_dim, max_len)));
+  varlen_attention_units(a, 0, a.batch * a.hkv, scratch.data());
 }
 
 }  // namespace hlm

@@ -8,7 +8,7 @@
 // keys come from one FMA per head-dim element, then a max-subtracted softmax (vector exp) and P @ V.
 // Exact softmax (not online): a whole row of scores fits in a few KB even for 8k-token documents.
 //
-// Torch-free; the bindings take raw pointers (hlm_engine/cpu_attention.py validates the tensors).
+// Torch-free; the bindings take raw pointers (hlm_engine/ops/cpu/attention.py validates the tensors).
 #pragma once
 
 #include <cstdint>
@@ -32,5 +32,11 @@ struct AttnArgs {
 // out = softmax(scale q k^T + bias + mask) v per sequence and head. Runs on the calling thread.
 // Throws std::invalid_argument (naming the problem) on inconsistent shapes or cu_seqlens.
 void varlen_attention(const AttnArgs& a);
+
+// The same on a slice of the work, for callers that validated `a` once and split it over threads: the
+// (sequence b, kv head g) units u = b * hkv + g in [u0, u1), each with its group of query heads. `scratch`
+// holds attention_scratch_floats(head_dim, longest sequence) floats (per thread). No checks, no allocation.
+int64_t attention_scratch_floats(int64_t head_dim, int64_t max_len);
+void varlen_attention_units(const AttnArgs& a, int64_t u0, int64_t u1, float* scratch);
 
 }  // namespace hlm

@@ -1,9 +1,10 @@
 // Thin pybind11 bindings of the CPU inference kernels: the small-M GEMM (small_gemm.h), packed attention
-// (cpu_attention.h) and fused add + LayerNorm (cpu_layernorm.h). Tensors cross as raw addresses (uintptr_t)
-// plus strides in floats: the Python wrappers (hlm_engine/cpu_linear.py, cpu_attention.py, cpu_norm.py)
-// validate dtype/device/layout and keep the tensors alive for the call, so this module stays free of torch
-// headers (fast to build, no ABI coupling to a torch version). Every kernel releases the GIL: two engine
-// workers compute in parallel. Invalid arguments raise ValueError naming the problem.
+// (cpu_attention.h), fused add + LayerNorm (cpu_layernorm.h) and the one-call forward (native_bindings.cpp).
+// Tensors cross as raw addresses (uintptr_t) plus strides in floats: the Python wrappers
+// (hlm_engine/ops/cpu/linear.py, attention.py, norm.py) validate dtype/device/layout and keep the tensors
+// alive for the call, so this module stays free of torch headers (fast to build, no ABI coupling to a torch
+// version). Every kernel releases the GIL: two engine workers compute in parallel. Invalid arguments raise
+// ValueError naming the problem.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -13,6 +14,8 @@
 #include "small_gemm.h"
 
 namespace py = pybind11;
+
+void bind_native(py::module_& m);  // native_bindings.cpp
 
 namespace {
 
@@ -82,4 +85,7 @@ PYBIND11_MODULE(_cpu_kernels, m) {
       py::arg("x"), py::arg("ldx"), py::arg("residual"), py::arg("ldres"), py::arg("weight"), py::arg("bias"),
       py::arg("eps"), py::arg("rows"), py::arg("h"), py::arg("out"), py::arg("ldout"), py::arg("r_out"),
       py::arg("ldr"), py::call_guard<py::gil_scoped_release>());
+
+  // ---------------------------------------------------------------- the one-call native forward
+  bind_native(m);
 }

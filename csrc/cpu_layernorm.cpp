@@ -62,9 +62,50 @@ HLM_AVX2 void row(const float* x, const float* res, const float* w, const float*
   }
   for (; j < h; ++j) out[j] = (r[j] - mean) * rstd * w[j] + (b != nullptr ? b[j] : 0.f);
 }
+
+// One RMSNorm row: r = x + res into `r` (may alias res or out), then the mean square and the scaled write.
+HLM_AVX2 void rms_row(const float* x, const float* res, const float* w, float eps, int64_t h, float* r, float* out) {
+  const int64_t hv = h / 8 * 8;
+  __m256 s[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t j = 0;
+  for (; j < hv; j += 8) {
+    __m256 v = _mm256_loadu_ps(x + j);
+    if (res != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(res + j));
+    _mm256_storeu_ps(r + j, v);
+    s[(j / 8) & 1] = _mm256_fmadd_ps(v, v, s[(j / 8) & 1]);
+  }
+  float tail = 0.f;
+  for (; j < h; ++j) {
+    const float v = res != nullptr ? x[j] + res[j] : x[j];
+    r[j] = v;
+    tail += v * v;
+  }
+  const float ms = (hsum(_mm256_add_ps(s[0], s[1])) + tail) / static_cast<float>(h);
+  const float rstd = 1.f / std::sqrt(ms + eps);
+  const __m256 rs = _mm256_set1_ps(rstd);
+  for (j = 0; j < hv; j += 8) {
+    _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(r + j), rs), _mm256_loadu_ps(w + j)));
+  }
+  for (; j < h; ++j) out[j] = r[j] * rstd * w[j];
+}
 #endif
 
 }  // namespace
+
+void add_rmsnorm(const float* x, int64_t ldx, const float* residual, int64_t ldres, const float* weight, float eps,
+                 int64_t rows, int64_t h, float* out, int64_t ldout, float* r_out, int64_t ldr) {
+  if (rows < 0 || h < 1) throw std::invalid_argument("add_rmsnorm: need rows >= 0 and a hidden size >= 1");
+  if (!cpu_has_avx2_fma()) throw std::runtime_error("add_rmsnorm: this CPU lacks AVX2 + FMA");
+#ifdef HLM_X86
+  for (int64_t i = 0; i < rows; ++i) {
+    float* r = r_out != nullptr ? r_out + i * ldr : out + i * ldout;
+    rms_row(x + i * ldx, residual != nullptr ? residual + i * ldres : nullptr, weight, eps, h, r, out + i * ldout);
+  }
+#else
+  (void)x, (void)ldx, (void)residual, (void)ldres, (void)weight, (void)eps, (void)out, (void)ldout, (void)r_out,
+      (void)ldr;
+#endif
+}
 
 void add_layernorm(const float* x, int64_t ldx, const float* residual, int64_t ldres, const float* weight,
                    const float* bias, float eps, int64_t rows, int64_t h, float* out, int64_t ldout, float* r_out,

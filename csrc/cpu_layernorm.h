@@ -1,4 +1,5 @@
-// Fused residual add + LayerNorm for fp32 CPU inference (post-norm encoders: BERT/MiniLM, MPNet).
+// Fused residual add + LayerNorm (post-norm encoders: BERT/MiniLM, MPNet) and + RMSNorm (pre-norm Qwen3)
+// for fp32 CPU inference.
 //
 // Why by hand: a query batch's rows are short (~100 x 384 floats); ATen's add + layer_norm spend ~38 us per
 // call there (two ops, two passes over memory and dispatch), 13 calls per MiniLM forward, ~10% of a batch-1
@@ -15,5 +16,10 @@ namespace hlm {
 void add_layernorm(const float* x, int64_t ldx, const float* residual, int64_t ldres, const float* weight,
                    const float* bias, float eps, int64_t rows, int64_t h, float* out, int64_t ldout, float* r_out,
                    int64_t ldr);
+
+// The same with RMSNorm (Qwen3): r = x + residual; out = r / sqrt(mean(r^2) + eps) * weight. Rows of h
+// floats; `residual` and `r_out` may be null; out may alias x, and r_out may alias residual (in place).
+void add_rmsnorm(const float* x, int64_t ldx, const float* residual, int64_t ldres, const float* weight, float eps,
+                 int64_t rows, int64_t h, float* out, int64_t ldout, float* r_out, int64_t ldr);
 
 }  // namespace hlm

@@ -43,6 +43,7 @@ class EncoderConfig:
     append_eos_token_id: int | None = None    # Qwen3-Embedding appends <|endoftext|> for last-token pooling
     query_instruction: str | None = None      # "Instruct: {task}\nQuery:" style prefix for queries
     output_dim: int | None = None  # folded linear projection after pooling (student -> teacher space)
+    weights: str = "fp32"          # CPU inference weight format: fp32 | bf16 | int8 (the native forward's)
     name: str = ""
 
     def __post_init__(self):

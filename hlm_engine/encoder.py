@@ -55,14 +55,18 @@ class Encoder:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype or default_dtype(self.device)
         self.graphs = None  # a CudaGraphRunner on CUDA (`use_cuda_graphs`): batch-1 forwards as one replay
+        self.native = None  # the cpu backend's one-call C++ forward (`use_native`), decided once at load
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, name_or_path: str, backend: str | None = "auto", dtype=None, device=None,
                         truncation: str = "truncate", max_length: int | None = None,
-                        cuda_graphs: bool | None = None) -> "Encoder":
+                        cuda_graphs: bool | None = None, weights: str | None = None,
+                        threads: int | None = None) -> "Encoder":
         """cuda_graphs: replay inference forwards from CUDA graphs per (batch, length) bucket (default: on for
-        the triton backend on CUDA)."""
+        the triton backend on CUDA). weights: the CPU inference format, "fp32" (identical embeddings) | "bf16" |
+        "int8" (default: the folder's `weights`, else fp32), served by the native forward of the cpu backend on
+        `threads` cores (default: torch's intra-op thread count at load)."""
         folder = resolve(name_or_path)
         cfg = load_folder_config(folder)
         if max_length is not None:
@@ -91,6 +95,7 @@ class Encoder:
         tok = TextTokenizer(os.path.join(folder, "tokenizer.json"), cfg.max_length, cfg.append_eos_token_id,
                             truncation)
         enc = cls(cfg, model, tok, folder, device, dtype)
+        enc.use_native(weights or cfg.weights, threads)
         if cuda_graphs or (cuda_graphs is None and device.type == "cuda" and be == "triton"):
             enc.use_cuda_graphs()
         return enc
@@ -160,6 +165,20 @@ class Encoder:
         return space_of(self)
 
     # ------------------------------------------------------------------ forward
+    def use_native(self, weights: str = "fp32", threads: int | None = None) -> None:
+        """Serve inference through the native C++ forward (`hlm_engine.ops.cpu.native`) where the backend is
+        cpu: one call per batch, weights packed once in `weights` format. Elsewhere the per-op path stays (and a
+        compressed format, which only the native forward has, raises)."""
+        from hlm_engine.ops.cpu import native
+        self.native = native.for_model(self.model, self.backend, self.device, self.dtype, weights,
+                                       threads or torch.get_num_threads())
+        self.config.weights = weights
+
+    def set_threads(self, n: int) -> None:
+        """Cores the native forward splits each GEMM over (its own thread pool, not torch's)."""
+        if self.native is not None:
+            self.native.threads = int(n)
+
     def use_cuda_graphs(self, buckets=None) -> None:
         """Replay inference forwards from CUDA graphs, one per (batch, length) bucket, the batch padded up to the
         nearest captured bucket (`hlm_engine.models.cuda_graphs`); larger batches and autograd run eagerly."""
@@ -185,6 +204,10 @@ class Encoder:
 
     def embed_ids(self, ids_list: list[list[int]], normalize: bool = True, dim: int | None = None) -> np.ndarray:
         """Token id lists (one packed batch, as the scheduler forms them) -> np.float32 [B, d]."""
+        if self.native is not None:  # one C++ call: embeddings -> layers -> pool -> head -> L2 norm
+            self.check_dim(dim)
+            from hlm_engine.ops.cpu import native
+            return native.embed_ids(self.native, ids_list, normalize, dim)
         with torch.inference_mode():
             out = self.embed_batch(pack(ids_list, self.device), normalize, dim)
         return out.float().cpu().numpy()

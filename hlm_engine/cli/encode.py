@@ -11,8 +11,11 @@ def register(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--dim", type=int, default=None, help="Matryoshka truncation")
     p.add_argument("--prompt", default=None, help="prefix added to every text (e.g. a query instruction)")
-    p.add_argument("--backend", default=None, choices=["auto", "torch", "triton"])
+    p.add_argument("--backend", default=None, choices=["auto", "torch", "cpu", "triton"])
     p.add_argument("--no-normalize", action="store_true")
+    p.add_argument("--weights", default=None, choices=["fp32", "bf16", "int8"],
+                   help="CPU weight format of the native forward (default: the model's, else fp32)")
+    p.add_argument("--threads", type=int, default=None, help="cores per forward (default: torch's thread count)")
     p.set_defaults(func=run)
 
 
@@ -24,7 +27,7 @@ def run(a):
     from hlm_engine.io import save_npy
 
     texts = read_texts(a.input, a.column)
-    enc = Encoder.from_pretrained(a.model, backend=a.backend)
+    enc = Encoder.from_pretrained(a.model, backend=a.backend, weights=a.weights, threads=a.threads)
     t0 = time.perf_counter()
     emb = enc.encode(texts, batch_size=a.batch_size, normalize=not a.no_normalize, dim=a.dim, prompt=a.prompt,
                      show_progress=True)

@@ -26,7 +26,7 @@ def load_titles(corpus: str | None, id_column: str = "product_id", text_column: 
 
 def build_service(query_model, document_model=None, index: str | None = None, corpus: str | None = None,
                   backend: str | None = "auto", engine: dict | None = None, limits: Limits | None = None,
-                  warmup: bool = True) -> Service:
+                  warmup: bool = True, weights: str | None = None) -> Service:
     """Load the models (names, folders or Encoders), start one Engine per role, pair the index with the query
     engine, warm up. `engine`: Engine keyword arguments shared by both roles."""
     from hlm_engine.encoder import Encoder
@@ -37,7 +37,8 @@ def build_service(query_model, document_model=None, index: str | None = None, co
         for role, model in (("query", query_model), ("document", document_model)):
             if model is None:
                 continue
-            enc = model if isinstance(model, Encoder) else Encoder.from_pretrained(os.fspath(model), backend=backend)
+            enc = model if isinstance(model, Encoder) else Encoder.from_pretrained(
+                os.fspath(model), backend=backend, weights=weights if role == "query" else None)
             engines[role] = Engine(enc, role=role, **(engine or {}))
             names[role] = _names(model, enc, role)
             folder_name = names[role][0]

@@ -21,7 +21,9 @@ def register(sub):
     p = sub.add_parser("serve", help="serve the engine: stdin lines (JSON out) or HTTP (--http)")
     p.add_argument("--model", "--query-model", dest="model", default="minilm",
                    help="(query) model: minilm | mpnet | model folder")
-    p.add_argument("--backend", default=None, choices=["auto", "torch", "triton"])
+    p.add_argument("--backend", default=None, choices=["auto", "torch", "cpu", "triton"])
+    p.add_argument("--weights", default=None, choices=["fp32", "bf16", "int8"],
+                   help="CPU weight format of the query model's native forward (default: the model's, else fp32)")
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--max-batch-size", type=int, default=256)
     p.add_argument("--max-delay-us", type=int, default=2000)
@@ -68,7 +70,7 @@ def run(a):
 
     from hlm_engine import Encoder, Engine
 
-    enc = Encoder.from_pretrained(a.model, backend=a.backend)
+    enc = Encoder.from_pretrained(a.model, backend=a.backend, weights=a.weights)
     eng = Engine(enc, max_batch_tokens=a.max_batch_tokens, max_batch_size=a.max_batch_size,
                  max_delay_us=a.max_delay_us, max_queued_requests=a.max_queued_requests, workers=a.workers,
                  dim=a.dim, prompt=a.prompt)
@@ -117,5 +119,5 @@ def run_http(a):
                   max_queued_requests=a.max_queued_requests, workers=a.workers,
                   tokenize_in_caller=a.tokenize_in_caller)
     svc = build_service(a.model, a.document_model, a.index, a.corpus, backend=a.backend or "auto", engine=engine,
-                        limits=limits)
+                        limits=limits, weights=a.weights)
     return serve(svc, a.host, a.port, log_level=a.log_level)

@@ -1,0 +1,380 @@
+// Small-M GEMM over packed fp32 / bf16 / int8 weight panels (see packed_gemm.h for the why and the layout).
+#include "packed_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <type_traits>
+
+#include "avx2_math.h"
+
+namespace hlm {
+
+namespace {
+
+constexpr int kMaxRows = 6;        // rows per register tile: 6 x 16 floats = 12 of the 16 ymm registers
+constexpr int64_t kRowBlock = 64;  // rows whose x slice stays in L1/L2 while a panel is reused across them
+constexpr int64_t kPrefetchBytes = 16384;  // ~250 fp32 k-steps ahead: past DRAM latency at one core's stream
+constexpr int64_t kWidenRows = 3 * kMaxRows;  // compressed weights serving more rows are widened once
+constexpr int64_t kChunk = 128;            // K steps per chunk when several row tiles share a panel (8 KB fp32)
+// bf16 rows of 16: the column at each storage position (see packed_gemm.h).
+constexpr int kBf16Order[kPanel] = {0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15};
+
+#ifdef HLM_X86
+// The 16 weights of one k step as two fp32 vectors (columns 0-7, 8-15).
+HLM_AVX2 inline void load16(const float* p, __m256& b0, __m256& b1) {
+  b0 = _mm256_loadu_ps(p);
+  b1 = _mm256_loadu_ps(p + 8);
+}
+HLM_AVX2 inline void load16(const uint16_t* p, __m256& b0, __m256& b1) {
+  // bf16 is the top half of an fp32. 32-bit word j holds column j below column j + 8: a shift widens the
+  // low one, a mask the high one, exactly (no zero register: the 6-row tile needs all 16).
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  b0 = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+  b1 = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+HLM_AVX2 inline void load16(const int8_t* p, __m256& b0, __m256& b1) {
+  b0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  b1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
+}
+
+// One R x 16 register tile: y[0:R, 0:ncols] = act(scale * (x[0:R, :] @ panel) + bias). Below 4 rows the 2R FMA
+// chains are too few to hide FMA latency (4-5 cycles on Zen/Skylake at 2 FMAs per cycle), so KU=2 keeps a
+// second set of accumulators for odd k and sums the two at the end. One prefetch per 64-byte line of
+// weights: 1, 2 or 4 k steps of fp32, bf16, int8.
+// K may come in chunks (see run_panels): `first` starts the sums at 0, else from the partial sums the previous
+// chunk left in y; `last` applies the epilogue, else stores the raw partial sums.
+template <int R, int KU, typename T>
+HLM_AVX2 void tile(const float* x, int64_t ldx, const T* p, int64_t k, float* y, int64_t ldy, const float* scale,
+                   const float* bias, int ncols, Act act, bool first, bool last) {
+  constexpr int64_t kLine = 64 / (kPanel * sizeof(T));  // k steps per cache line of weights: 1, 2, 4
+  alignas(32) float tmp[kPanel];
+  __m256 c[KU][R][2];
+  _Pragma("GCC unroll 8") for (int u = 0; u < KU; ++u) {
+    _Pragma("GCC unroll 8") for (int i = 0; i < R; ++i) {
+      c[u][i][0] = _mm256_setzero_ps();
+      c[u][i][1] = _mm256_setzero_ps();
+    }
+  }
+  if (!first) {
+    _Pragma("GCC unroll 8") for (int i = 0; i < R; ++i) {
+      const float* yi = y + i * ldy;
+      if (ncols != kPanel) {  // (a library memcpy per row would cost as much as a chunk's FMAs)
+        std::memset(tmp, 0, sizeof(tmp));
+        std::memcpy(tmp, yi, ncols * sizeof(float));
+        yi = tmp;
+      }
+      c[0][i][0] = _mm256_loadu_ps(yi);
+      c[0][i][1] = _mm256_loadu_ps(yi + 8);
+    }
+  }
+  int64_t kk = 0;
+  for (; kk + KU <= k; kk += KU) {
+    // The weights stream from DRAM once per forward; at >= 4 rows the FMAs keep the core busy long enough
+    // that the hardware prefetcher falls behind: ask for the line 16 KB ahead into L2 (measured 15-25%
+    // faster at 4-12 rows on EPYC; below 4 rows it costs more than it saves). Never faults. One per line;
+    // the step loop is not unrolled past KU, which would need more than the 16 ymm registers at 6 rows.
+    if (R >= 4 && (kk & (kLine - 1)) == 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + kk * kPanel) + kPrefetchBytes, _MM_HINT_T1);
+    }
+    _Pragma("GCC unroll 2") for (int u = 0; u < KU; ++u) {
+      __m256 b0, b1;
+      load16(p + (kk + u) * kPanel, b0, b1);
+      _Pragma("GCC unroll 8") for (int i = 0; i < R; ++i) {
+        const __m256 a = _mm256_broadcast_ss(x + i * ldx + kk + u);
+        c[u][i][0] = _mm256_fmadd_ps(a, b0, c[u][i][0]);
+        c[u][i][1] = _mm256_fmadd_ps(a, b1, c[u][i][1]);
+      }
+    }
+  }
+  for (; kk < k; ++kk) {  // the K tail (odd K with KU = 2)
+    __m256 b0, b1;
+    load16(p + kk * kPanel, b0, b1);
+    _Pragma("GCC unroll 8") for (int i = 0; i < R; ++i) {
+      const __m256 a = _mm256_broadcast_ss(x + i * ldx + kk);
+      c[0][i][0] = _mm256_fmadd_ps(a, b0, c[0][i][0]);
+      c[0][i][1] = _mm256_fmadd_ps(a, b1, c[0][i][1]);
+    }
+  }
+  if (!last) {  // raw partial sums for the next chunk
+    _Pragma("GCC unroll 8") for (int i = 0; i < R; ++i) {
+      __m256 v0 = c[0][i][0], v1 = c[0][i][1];
+      if (KU == 2) {
+        v0 = _mm256_add_ps(v0, c[KU - 1][i][0]);
+        v1 = _mm256_add_ps(v1, c[KU - 1][i][1]);
+      }
+      float* yi = y + i * ldy;
+      if (ncols == kPanel) {
+        _mm256_storeu_ps(yi, v0);
+        _mm256_storeu_ps(yi + 8, v1);
+      } else {
+        _mm256_store_ps(tmp, v0);
+        _mm256_store_ps(tmp + 8, v1);
+        std::memcpy(yi, tmp, ncols * sizeof(float));
+      }
+    }
+    return;
+  }
+  __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+  if (bias != nullptr) {  // copied: a caller's unpadded bias may end inside this panel
+    std::memset(tmp, 0, sizeof(tmp));
+    std::memcpy(tmp, bias, ncols * sizeof(float));
+    bias0 = _mm256_load_ps(tmp);
+    bias1 = _mm256_load_ps(tmp + 8);
+  }
+  const __m256 s0 = scale != nullptr ? _mm256_loadu_ps(scale) : _mm256_set1_ps(1.f);
+  const __m256 s1 = scale != nullptr ? _mm256_loadu_ps(scale + 8) : _mm256_set1_ps(1.f);
+  _Pragma("GCC unroll 8") for (int i = 0; i < R; ++i) {
+    __m256 v0 = c[0][i][0], v1 = c[0][i][1];
+    if (KU == 2) {
+      v0 = _mm256_add_ps(v0, c[KU - 1][i][0]);
+      v1 = _mm256_add_ps(v1, c[KU - 1][i][1]);
+    }
+    v0 = _mm256_fmadd_ps(v0, s0, bias0);  // scale 1 (exact) outside int8
+    v1 = _mm256_fmadd_ps(v1, s1, bias1);
+    if (act == Act::kGelu) {  // the epilogue, on registers: no second pass over y
+      v0 = gelu(v0);
+      v1 = gelu(v1);
+    }
+    float* yi = y + i * ldy;
+    if (ncols == kPanel) {
+      _mm256_storeu_ps(yi, v0);
+      _mm256_storeu_ps(yi + 8, v1);
+    } else {  // the zero-padded last panel: store only the real columns
+      _mm256_store_ps(tmp, v0);
+      _mm256_store_ps(tmp + 8, v1);
+      std::memcpy(yi, tmp, ncols * sizeof(float));
+    }
+  }
+}
+
+template <typename T>
+using TileFn = void (*)(const float*, int64_t, const T*, int64_t, float*, int64_t, const float*, const float*, int,
+                        Act, bool, bool);
+template <typename T>
+constexpr TileFn<T> kTiles[kMaxRows + 1] = {nullptr,          tile<1, 2, T>, tile<2, 2, T>, tile<3, 2, T>,
+                                            tile<4, 1, T>,    tile<5, 1, T>, tile<6, 1, T>};
+
+// A bf16 / int8 panel widened to fp32 (int8 times its scales), for row blocks that reuse it many times.
+HLM_AVX2 void widen(const uint16_t* p, int64_t k, const float*, float* out) {
+  for (int64_t kk = 0; kk < k; ++kk) {
+    __m256 b0, b1;
+    load16(p + kk * kPanel, b0, b1);
+    _mm256_storeu_ps(out + kk * kPanel, b0);
+    _mm256_storeu_ps(out + kk * kPanel + 8, b1);
+  }
+}
+HLM_AVX2 void widen(const int8_t* p, int64_t k, const float* scale, float* out) {
+  const __m256 s0 = _mm256_loadu_ps(scale), s1 = _mm256_loadu_ps(scale + 8);
+  for (int64_t kk = 0; kk < k; ++kk) {
+    __m256 b0, b1;
+    load16(p + kk * kPanel, b0, b1);
+    _mm256_storeu_ps(out + kk * kPanel, _mm256_mul_ps(b0, s0));
+    _mm256_storeu_ps(out + kk * kPanel + 8, _mm256_mul_ps(b1, s1));
+  }
+}
+HLM_AVX2 void widen(const float*, int64_t, const float*, float*) {}
+#endif
+
+// How to cut `rows` (<= kRowBlock) into register tiles. A tile of R rows costs about max(FMA latency /
+// accumulator sets, 2R FMAs / 2 per cycle) cycles per k step: R = 1..6 -> 2.5, 2.5, 3, 5, 5, 6 (in half
+// cycles below). The cheapest cut is not the even one: 8 rows as 5 + 3 (8 cycles) beats 4 + 4 (10) and
+// 6 + 2 (8.5). Solved once by dynamic programming; ties keep the larger first tile (fewer panel passes).
+struct TilePlan {
+  int8_t first[kRowBlock + 1];  // first tile's height for that many rows; the rest follow the same table
+  TilePlan() {
+    constexpr int kCost[kMaxRows + 1] = {0, 5, 5, 6, 10, 10, 12};
+    int best[kRowBlock + 1] = {0};
+    for (int m = 1; m <= kRowBlock; ++m) {
+      best[m] = 1 << 30;
+      for (int r = std::min(m, kMaxRows); r >= 1; --r) {
+        if (kCost[r] + best[m - r] < best[m]) {
+          best[m] = kCost[r] + best[m - r];
+          first[m] = static_cast<int8_t>(r);
+        }
+      }
+    }
+    first[0] = 0;
+  }
+};
+const TilePlan kPlan;
+
+struct Job {
+  const float* x;
+  int64_t m, k, ldx;
+  const void* packed;
+  const float* scales;  // int8 only
+  int64_t n;
+  const float* bias;
+  float* y;
+  int64_t ldy;
+  Act act;
+};
+
+// Rows go in blocks of kRowBlock; inside a block each panel (16 x K weights) is swept by the planned row tiles.
+// When a block needs more than one tile, K goes in chunks of kChunk steps and every tile runs over a chunk
+// before the next chunk: the first tile streams the chunk from DRAM (prefetching ahead), the others re-read
+// it from L1, so the weight stream never waits for a whole panel's worth of L1-bound tiles (7-12 token
+// queries: two tiles). Compressed chunks serving many tiles are widened to fp32 once (into `scratch`).
+template <typename T>
+void run_panels(const Job& j, int64_t p0, int64_t p1, float* scratch) {
+#ifdef HLM_X86
+  const T* packed = static_cast<const T*>(j.packed);
+  for (int64_t r0 = 0; r0 < j.m; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, j.m - r0);
+    const bool tiles = rows > kPlan.first[rows];  // more than one tile
+    const int64_t chunk = tiles ? kChunk : j.k;
+    // Widening costs ~3 cycles per k step once, converting in registers ~1-2 per tile: it pays only from ~3
+    // tiles (at 7-12 rows, two tiles, in-register conversion measured ~1.8x faster than widening).
+    const bool wide = !std::is_same<T, float>::value && scratch != nullptr && rows > kWidenRows;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int ncols = static_cast<int>(std::min(kPanel, j.n - p * kPanel));
+      const T* panel = packed + p * j.k * kPanel;
+      const float* bias = j.bias != nullptr ? j.bias + p * kPanel : nullptr;
+      const float* scale = j.scales != nullptr ? j.scales + p * kPanel : nullptr;
+      for (int64_t k0 = 0; k0 < j.k; k0 += chunk) {
+        const int64_t kc = std::min(chunk, j.k - k0);
+        const bool first = k0 == 0, last = k0 + kc == j.k;
+        if (wide) widen(panel + k0 * kPanel, kc, scale, scratch);
+        for (int64_t r = r0, left = rows; left > 0;) {
+          const int h = kPlan.first[left];
+          const float* xr = j.x + r * j.ldx + k0;
+          float* yr = j.y + r * j.ldy + p * kPanel;
+          if (wide) {
+            kTiles<float>[h](xr, j.ldx, scratch, kc, yr, j.ldy, nullptr, bias, ncols, j.act, first, last);
+          } else {
+            kTiles<T>[h](xr, j.ldx, panel + k0 * kPanel, kc, yr, j.ldy, scale, bias, ncols, j.act, first, last);
+          }
+          r += h;
+          left -= h;
+        }
+      }
+    }
+  }
+#else
+  (void)j, (void)p0, (void)p1, (void)scratch;
+#endif
+}
+
+void run_job(const Job& j, WeightFormat fmt, int64_t p0, int64_t p1, float* scratch) {
+  if (j.m <= 0 || p1 <= p0) return;
+  if (j.k == 0) {  // an empty sum: bias (or 0) broadcast, then the activation
+    for (int64_t i = 0; i < j.m; ++i) {
+      for (int64_t c = p0 * kPanel; c < std::min(j.n, p1 * kPanel); ++c) {
+        const float v = j.bias != nullptr ? j.bias[c] : 0.f;
+        j.y[i * j.ldy + c] = j.act == Act::kGelu ? 0.5f * v * (1.f + std::erf(v * 0.70710678f)) : v;
+      }
+    }
+    return;
+  }
+  switch (fmt) {
+    case WeightFormat::kF32: return run_panels<float>(j, p0, p1, scratch);
+    case WeightFormat::kBF16: return run_panels<uint16_t>(j, p0, p1, scratch);
+    case WeightFormat::kI8: return run_panels<int8_t>(j, p0, p1, scratch);
+  }
+}
+
+template <typename T>
+T* aligned_alloc_n(size_t count) {
+  const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes > 0 ? bytes : 64);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, bytes > 0 ? bytes : 64);
+  return static_cast<T*>(p);
+}
+
+}  // namespace
+
+WeightFormat parse_weight_format(const std::string& name) {
+  if (name == "fp32") return WeightFormat::kF32;
+  if (name == "bf16") return WeightFormat::kBF16;
+  if (name == "int8") return WeightFormat::kI8;
+  throw std::invalid_argument("unknown weights format '" + name + "'; choose fp32, bf16 or int8");
+}
+
+const char* weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kBF16: return "bf16";
+    case WeightFormat::kI8: return "int8";
+    default: return "fp32";
+  }
+}
+
+uint16_t to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round half to even
+  return static_cast<uint16_t>(u >> 16);
+}
+
+void PackedLinear::Free::operator()(void* p) const { std::free(p); }
+
+PackedLinear::PackedLinear(const float* w, int64_t n, int64_t k, const float* bias, WeightFormat fmt)
+    : n_(n), k_(k), fmt_(fmt) {
+  if (n < 1 || k < 0) throw std::invalid_argument("PackedLinear: need n >= 1 and k >= 0");
+  const int64_t panels = this->panels(), cols = panels * kPanel;
+  if (bias != nullptr) {
+    bias_.reset(aligned_alloc_n<float>(cols));
+    std::memcpy(bias_.get(), bias, n * sizeof(float));
+  }
+  if (fmt == WeightFormat::kF32) {
+    float* out = aligned_alloc_n<float>(cols * k);
+    data_.reset(reinterpret_cast<uint8_t*>(out));
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t j = 0; j < kPanel && p * kPanel + j < n; ++j) {
+          out[(p * k + kk) * kPanel + j] = w[(p * kPanel + j) * k + kk];
+        }
+  } else if (fmt == WeightFormat::kBF16) {
+    uint16_t* out = aligned_alloc_n<uint16_t>(cols * k);
+    data_.reset(reinterpret_cast<uint8_t*>(out));
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t s = 0; s < kPanel; ++s) {
+          const int64_t row = p * kPanel + kBf16Order[s];
+          if (row < n) out[(p * k + kk) * kPanel + s] = to_bf16(w[row * k + kk]);
+        }
+  } else {
+    int8_t* out = aligned_alloc_n<int8_t>(cols * k);
+    data_.reset(reinterpret_cast<uint8_t*>(out));
+    scales_.reset(aligned_alloc_n<float>(cols));
+    for (int64_t row = 0; row < n; ++row) {
+      float mx = 0.f;
+      for (int64_t kk = 0; kk < k; ++kk) mx = std::max(mx, std::fabs(w[row * k + kk]));
+      const float scale = mx > 0.f ? mx / 127.f : 1.f;  // an all-zero row: any scale, q = 0
+      scales_.get()[row] = scale;
+      const int64_t p = row / kPanel, j = row % kPanel;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const float q = std::nearbyint(w[row * k + kk] / scale);
+        out[(p * k + kk) * kPanel + j] = static_cast<int8_t>(std::max(-127.f, std::min(127.f, q)));
+      }
+    }
+  }
+}
+
+size_t PackedLinear::bytes() const {
+  const size_t elem = fmt_ == WeightFormat::kF32 ? 4 : fmt_ == WeightFormat::kBF16 ? 2 : 1;
+  const size_t cols = static_cast<size_t>(panels() * kPanel);
+  return cols * static_cast<size_t>(k_) * elem + (scales_ ? cols * 4 : 0) + (bias_ ? cols * 4 : 0);
+}
+
+void PackedLinear::run(const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, Act act, int64_t p0,
+                       int64_t p1, float* scratch) const {
+  const Job j{x, m, k_, ldx, data_.get(), scales_.get(), n_, bias_.get(), y, ldy, act};
+  run_job(j, fmt_, std::max<int64_t>(p0, 0), std::min(p1, panels()), scratch);
+}
+
+int64_t dequant_scratch_floats(int64_t k) { return std::min(k, kChunk) * kPanel; }
+
+void gemm_f32_panels(const float* x, int64_t m, int64_t k, int64_t ldx, const float* packed, int64_t n,
+                     const float* bias, float* y, int64_t ldy, Act act) {
+  if (n <= 0) return;
+  const Job j{x, m, k, ldx, packed, nullptr, n, bias, y, ldy, act};
+  run_job(j, WeightFormat::kF32, 0, (n + kPanel - 1) / kPanel, nullptr);
+}
+
+}  // namespace hlm

@@ -1,0 +1,78 @@
+// Small-M GEMM over weights packed once into 16-column panels, in three storage formats:
+//     y[M, N] = act(x[M, K] @ W[N, K]^T + bias),   M ~ 1..512, x and y fp32, fp32 accumulation.
+//
+// Why by hand: online query encoding is batch 1, so every linear is an M~6 GEMM that streams the whole
+// weight matrix once: the time is the weight bytes over the memory bandwidth. Vendor sgemm (MKL, oneDNN)
+// is tuned for big M and reaches ~30% of one core's DRAM stream at that shape; here the weight stream is
+// one sequential, prefetch-friendly read and each 64-byte line feeds up to 6 rows x 16 columns of FMAs.
+// Storing the weights in bf16 or int8 halves or quarters the bytes per query: they are widened to fp32 in
+// registers, so the arithmetic (fp32 FMAs on fp32 activations) is the same in every format.
+//
+// Packed layout: panel p holds output columns [16p, 16p+16) as K consecutive rows of 16 weights;
+//   fp32: packed[(p*K + k)*16 + j] = W[16p + j, k]   (the last panel zero-padded)
+//   bf16: the same, rounded to nearest even, each row of 16 stored as c0 c8 c1 c9 ... c7 c15 so that one
+//         shift (columns 0-7) and one mask (8-15) of the 32-bit words widen them (no shuffle)
+//   int8: the same, W[n, k] ~ scale[n] * q[n, k], q in [-127, 127], one symmetric scale per output channel
+//         (max |W[n, :]| / 127); the scale multiplies the fp32 sum once, in the epilogue.
+// Torch-free and pybind-free.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace hlm {
+
+constexpr int64_t kPanel = 16;
+
+enum class WeightFormat : int { kF32 = 0, kBF16 = 1, kI8 = 2 };
+
+// "fp32" | "bf16" | "int8" -> format; anything else throws std::invalid_argument naming the choices.
+WeightFormat parse_weight_format(const std::string& name);
+const char* weight_format_name(WeightFormat f);
+
+enum class Act : int { kNone = 0, kGelu = 1 };
+
+// A linear layer's weight packed once (and its bias, kept fp32 and zero-padded to whole panels).
+class PackedLinear {
+ public:
+  PackedLinear() = default;
+  // w: row-major [n, k] (nn.Linear's layout); bias: n floats or null.
+  PackedLinear(const float* w, int64_t n, int64_t k, const float* bias, WeightFormat fmt);
+
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  int64_t panels() const { return (n_ + kPanel - 1) / kPanel; }
+  WeightFormat format() const { return fmt_; }
+  // Bytes one pass over the weight reads: panels + scales (+ bias), what a batch-1 GEMM streams.
+  size_t bytes() const;
+
+  // y[0:m, columns of panels [p0, p1)] = act(x @ W^T + b); x rows ldx floats apart, y rows ldy apart.
+  // `scratch` (dequant_scratch_floats(k) floats, may be null for fp32) lets bf16/int8 weights that serve
+  // several row tiles be widened once into fp32 instead of once per tile. Runs on the calling thread.
+  void run(const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, Act act, int64_t p0, int64_t p1,
+           float* scratch) const;
+
+ private:
+  struct Free {
+    void operator()(void* p) const;
+  };
+  int64_t n_ = 0, k_ = 0;
+  WeightFormat fmt_ = WeightFormat::kF32;
+  std::unique_ptr<uint8_t, Free> data_;   // panels, 64-byte aligned
+  std::unique_ptr<float, Free> scales_;   // int8: panels * 16 per-channel scales (padding 0)
+  std::unique_ptr<float, Free> bias_;     // panels * 16, or null
+};
+
+int64_t dequant_scratch_floats(int64_t k);
+
+// The fp32 kernel on a caller-owned packed buffer (hlm_engine.ops.cpu.linear's API, small_gemm.h):
+// y[0:m, 0:n] = act(x @ W^T + bias); bias (n floats) may be null.
+void gemm_f32_panels(const float* x, int64_t m, int64_t k, int64_t ldx, const float* packed, int64_t n,
+                     const float* bias, float* y, int64_t ldy, Act act);
+
+// Round-to-nearest-even fp32 -> bf16 bits (NaN kept quiet).
+uint16_t to_bf16(float x);
+
+}  // namespace hlm
