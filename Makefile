@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo quicklook test venv models bench study report clean-venv
+.PHONY: demo quicklook test venv models bench study reproduce report clean-venv
 
 venv: $(STAMP)
 
@@ -26,6 +26,14 @@ models: $(STAMP)
 # queries through the engine -> quality and latency tables. Cached under runs/demo; DEMO_ARGS=--full for all data.
 demo: models
 	$(PY) -m hlm_engine.train.demo $(DEMO_ARGS)
+
+# The whole recipe on the whole catalogue (teacher fine-tune, every product encoded, align, refine, prune to
+# 2 layers, the direct baseline), evaluated on every dev query over every product: <= 75 min on 2 idle cores.
+# Resumable and cached under runs/reproduce (fixed places: teacher/ corpus/ index/ student/ student-pruned/).
+# Writes bench/results/reproduction.json and reproduction.md.
+reproduce: models
+	@test -n "$$HLM_DATA_DIR" || { echo "make reproduce needs HLM_DATA_DIR (the folder holding homedepot/ and queries/)"; exit 1; }
+	$(VENV)/bin/hlm reproduce --publish bench/results/reproduction.json $(REPRODUCE_ARGS)
 
 # A two-minute look: encode ads and queries with both default models, timings and nearest neighbours.
 quicklook: models

@@ -15,7 +15,9 @@ Budgets are env vars (small defaults for a shared 2-core machine; the paper-scal
     HLM_BENCH_MAX_QUERIES (3000)  HLM_BENCH_DEV_QUERIES (300; 0 = all 1,163)  HLM_BENCH_MAX_PRODUCTS (4000)
     HLM_BENCH_TRAIN_QUERIES (800)  HLM_BENCH_LATENCY_QUERIES (100)  HLM_BENCH_THROUGHPUT_QUERIES (256)
     HLM_BENCH_ALIGN_TITLES (1: re-align on the corpus slice's titles too, their teacher vectors are cached)
-    HLM_BENCH_THREADS (1; 0 = torch default)  HLM_BENCH_WORK (~/.cache/hlm/bench_pruning: the run and its caches; a rerun resumes it)
+    HLM_BENCH_THREADS (1; 0 = torch default)
+    HLM_BENCH_WORK (~/.cache/hlm/bench_pruning: the run, through the phase runner in a folder keyed by its
+    config, and its caches; a rerun with the same budget resumes or reuses it)
 Refinement with a dev subset: the refine phase slices its own corpus (all dev-judged products + train
 positives), a second, larger teacher encoding — so the small default leaves it off; set
 HLM_BENCH_DEV_QUERIES=0 HLM_BENCH_MAX_PRODUCTS=20000 HLM_BENCH_REFINE_STEPS=200 for the full study.
@@ -100,17 +102,19 @@ def data_dir():
 def test_pruning_pareto(benchmark, data_dir):
     from hlm_engine.retrieval.data import load_homedepot
     from hlm_engine.train.progressive import ProgressiveConfig, run_progressive
+    from hlm_engine.train.runner import run_phase
     b = _budget()
     work = os.environ.get("HLM_BENCH_WORK") or os.path.expanduser("~/.cache/hlm/bench_pruning")
     refine = b["refine_steps"] > 0
     t0 = time.perf_counter()
-    state = run_progressive(ProgressiveConfig(
-        student="minilm", teacher="mpnet", data_dir=data_dir, out_dir=work, schedule=SCHEDULE,
-        align_steps=b["align_steps"], initial_align_steps=b["initial_align_steps"], max_queries=b["max_queries"],
+    # One phase through the runner: cached under the work dir in a folder keyed by the config, resumed.
+    state = run_phase("prune", run_progressive, ProgressiveConfig(
+        student="minilm", teacher="mpnet", data_dir=data_dir, schedule=SCHEDULE,
+        steps=b["align_steps"], initial_align_steps=b["initial_align_steps"], max_queries=b["max_queries"],
         calibration_queries=512, evaluate=True, max_products=b["max_products"],
         max_train_queries=b["max_train_queries"], max_dev_queries=b["max_dev_queries"] or None,
         refine_every_step=refine, refine_steps=max(1, b["refine_steps"]), align_on_titles=b["align_on_titles"],
-        save_every=50, resume=True))
+        save_every=50), root=work)
     train_s = time.perf_counter() - t0
 
     # Every model measured in this one process, teacher included. One intra-op thread by default: on a

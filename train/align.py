@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hlm_engine.retrieval.data import load_query_log, read_tsv
+from hlm_engine.retrieval.data import load_homedepot, load_query_log, read_tsv
 from hlm_engine.io import write_json
 from hlm_engine.models.packing import pack
 from hlm_engine.weights import weights_checksum
@@ -31,10 +31,11 @@ from . import loop
 from .common import attach_projection, cache_dir, check_folder, load_encoder, resume_or
 from .embed import cached_encode
 from .losses import ALIGN_LOSSES, alignment_loss
+from .runner import Optim
 
 
 @dataclass
-class AlignConfig:
+class AlignConfig(Optim):
     student: str = "minilm"
     teacher: str = "mpnet"
     data_dir: str | None = None
@@ -42,19 +43,15 @@ class AlignConfig:
     targets_dir: str | None = None         # teacher-target cache (default: out_dir/cache/teacher_targets)
     out_dir: str = "runs/align"
     max_queries: int | None = None         # None = the whole log
+    exclude_queries: str | None = None     # Home Depot splits whose query texts leave the log ("dev": the log
+    #                                        holds every dev query, so measuring on dev needs them out)
     holdout: int = 512                     # log queries kept out of training (at most a fifth of the log)
     max_length: int | None = 64
     loss: str = "l2"
     proj_init: str = "lstsq"               # lstsq | random
     steps: int = 500
     batch_size: int = 64
-    lr: float = 1e-4
     warmup_steps: int = 25
-    weight_decay: float = 0.01
-    seed: int = 0
-    save_every: int = 100
-    resume: bool = False
-    stop_after: int | None = None
     encode_batch_size: int = 128
     extra_texts_file: str | None = None    # TSV (id, text) of more texts to align on, e.g. the ad titles;
     #                                        several: comma-separated, each with its own targets folder
@@ -68,10 +65,14 @@ def load_queries(cfg: AlignConfig) -> tuple[list[str], int]:
     """(de-duplicated non-empty log queries in seeded order, holdout size): at most max_queries for training
     after the first `holdout` ones, which are kept aside to measure the distance to the teacher."""
     raw = read_tsv(cfg.queries_file, ["query"])["query"] if cfg.queries_file else load_query_log(cfg.data_dir)
+    drop = set()
+    for split in (cfg.exclude_queries or "").split(","):
+        if split.strip():
+            drop |= {" ".join(q.lower().split()) for q in load_homedepot(split.strip(), cfg.data_dir).queries}
     seen, qs = set(), []
     for q in raw:
         t = q.strip()
-        if t and t not in seen:
+        if t and t not in seen and " ".join(t.lower().split()) not in drop:
             seen.add(t)
             qs.append(t)
     if len(qs) < 2:
@@ -124,8 +125,8 @@ def dev_probe(cfg: AlignConfig):
         enc.model.eval()
         q = enc.encode(dev.queries, batch_size=cfg.encode_batch_size)
         enc.model.train(was)
-        return {t: retrieval_quality(q, docs, dev.query_ids, dev.doc_ids, dev.qrels, t)
-                for t in (DEFAULT_THRESHOLD, 3.0)}
+        return {"main": retrieval_quality(q, docs, dev.query_ids, dev.doc_ids, dev.qrels, DEFAULT_THRESHOLD),
+                "grade3": retrieval_quality(q, docs, dev.query_ids, dev.doc_ids, dev.qrels, 3.0)}
     return probe
 
 

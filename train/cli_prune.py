@@ -5,7 +5,8 @@
               --out runs/prune [--refine-steps 200] [--evaluate] [--resume]
     hlm prune scores --model runs/prune/step0/align/model [--teacher mpnet] [--queries 512]
 
-Flags mirror `ProgressiveConfig` field for field (`--calibration-queries` sets calibration_queries).
+Flags mirror `ProgressiveConfig` field for field (`--calibration-queries` sets calibration_queries; the
+re-alignment's steps and lr are `--align-steps` and `--align-lr`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import argparse
 import dataclasses
 import json
 
-_RENAMED = {"out_dir": "--out"}  # the issue's spelling; every other flag is the field name
+# The issue's spellings: --out, and the re-alignment's Optim block (steps, lr) as --align-steps / --align-lr;
+# every other flag is the field name.
+_RENAMED = {"out_dir": "--out", "steps": "--align-steps", "lr": "--align-lr"}
+_SKIPPED = ("stop_after",)  # progressive stops by pruning steps (--stop-after-steps), not by training steps
 
 
 def _fields():
@@ -27,6 +31,8 @@ def register(sub):
     p = sub.add_parser("prune", help="progressive structured pruning with re-alignment (and `prune scores`)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields:
+        if f.name in _SKIPPED:
+            continue
         flag = _RENAMED.get(f.name, "--" + f.name.replace("_", "-"))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name == "schedule":
@@ -62,7 +68,7 @@ def register(sub):
 def run(a):
     from hlm_engine.train.progressive import parse_schedule
     cls, fields = _fields()
-    kw = {f.name: getattr(a, f.name) for f in fields if f.name not in ("schedule", "refine_steps")}
+    kw = {f.name: getattr(a, f.name) for f in fields if f.name not in ("schedule", "refine_steps") + _SKIPPED}
     if a.refine_steps is not None:
         kw.update(refine_steps=a.refine_steps, refine=True)
     if a.schedule is not None:

@@ -17,8 +17,11 @@ from hlm_engine.encoder import Encoder
 from . import loop
 
 
-def load_encoder(name_or_path: str, max_length: int | None = None, role: str = "model") -> Encoder:
-    enc = Encoder.from_pretrained(name_or_path, backend="torch", dtype=torch.float32, max_length=max_length)
+def load_encoder(name_or_path: str, max_length: int | None = None, role: str = "model",
+                 backend: str = "torch") -> Encoder:
+    """fp32 encoder for training. backend "torch" = the reference everywhere; "cpu" = our C++ kernels on
+    every no-grad pass (encodings, frozen layers) and the reference wherever autograd records."""
+    enc = Encoder.from_pretrained(name_or_path, backend=backend, dtype=torch.float32, max_length=max_length)
     check_tokenizer(enc, role)
     return enc
 
@@ -116,3 +119,21 @@ def write_texts_tsv(path: str, ids: list[str], texts: list[str]) -> str:
             f.write("id\ttext\n")
             f.writelines(f"{i}\t{' '.join(t.split())}\n" for i, t in zip(ids, texts))
     return path
+
+
+def copy_model(src: str, dst: str) -> None:
+    """An atomic copy of a model folder at a fixed place, refreshed only when the source folder changed
+    (`hlm_source.txt` there names it)."""
+    import shutil
+
+    from hlm_engine.io import atomic_dir
+    stamp = os.path.join(dst, "hlm_source.txt")
+    src = os.path.abspath(src)
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            if f.read() == src:
+                return
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        with open(os.path.join(tmp, "hlm_source.txt"), "w") as f:
+            f.write(src)

@@ -24,14 +24,15 @@ import time
 
 from hlm_engine.retrieval.data import data_dir
 from hlm_engine.retrieval.eval import format_table, recovery
-from hlm_engine.io import write_json
+from hlm_engine.io import sha256_json, write_json
 
 from .align import AlignConfig, train_align
 from .common import check_folder, load_encoder, write_texts_tsv
 from .data import DEFAULT_THRESHOLD
 from .embed import cached_encode, retrieval_quality
 from .refine import RefineConfig, train_refine
-from .teacher import TeacherConfig, finetuned_corpus_dir, finetuned_queries_dir, prepare, train_teacher
+from .runner import Slice, prepare, run_phase
+from .teacher import TeacherConfig, finetuned_corpus_dir, finetuned_queries_dir, train_teacher
 
 # Sized for ~15 min on 2 idle CPU cores: measured 698 s for the pipeline (11.7 min for `make demo` from a
 # fresh work dir, 2 torch threads, quiet box): teacher phase 303 s, align 247 s, refine 58 s, baseline 59 s,
@@ -73,29 +74,6 @@ FULL = dict(products=None, train_queries=None, dev_queries=None, log_queries=Non
             align_lr=1e-4, refine_steps=1000, teacher_steps=600)
 
 
-def _done(out_dir: str) -> dict | None:
-    p = os.path.join(out_dir, "run_log.json")
-    if os.path.exists(p) and os.path.exists(os.path.join(out_dir, "model")):
-        with open(p) as f:
-            log = json.load(f)
-        if log.get("finished"):
-            return log
-    return None
-
-
-def _phase(name: str, out_dir: str, fn, cfg) -> dict:
-    log = _done(out_dir)
-    if log is not None:
-        print(f"[demo] {name}: cached ({out_dir})")
-        return log
-    print(f"[demo] {name} ...")
-    t = time.perf_counter()
-    log = fn(cfg)
-    log = dict(log, wall_seconds=round(time.perf_counter() - t, 1))  # with the phase's encodings and set-up
-    print(f"[demo] {name}: done in {log['wall_seconds']:.0f} s")
-    return log
-
-
 def parse(argv):
     ap = argparse.ArgumentParser(prog="python -m hlm_engine.train.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,22 +113,27 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     slice_kw = dict(data_dir=ddir, threshold=a.threshold, max_train_queries=a.train_queries,
                     max_dev_queries=a.dev_queries, max_products=a.products)
-    train, dev, pairs = prepare(TeacherConfig(**slice_kw))
+    train, dev, pairs = prepare(Slice(**slice_kw))
     print(f"[demo] corpus {len(train.doc_ids)} products, {len(pairs.query_texts)} train queries "
           f"({len(pairs)} pairs), {len(dev.queries)} dev queries")
 
-    # Cache keys: each folder name holds every setting its content depends on, so a changed setting gets
-    # a fresh folder and an unchanged one is reused.
-    sl = f"p{a.products or 'all'}-t{a.train_queries or 'all'}-d{a.dev_queries or 'all'}-r{a.threshold}"
+    # Every phase runs through the phase runner: cached in a folder keyed by its config (train/runner.py).
+    # The shared encodings are keyed by the slice they encode.
+    phases = os.path.join(w, "phases")
+    sl = sha256_json(slice_kw | {"data_dir": ddir or "sample"}, 8)
     teacher, rows, logs = a.teacher, {}, {}
+
+    def phase(name, fn, cfg):
+        logs[name] = run_phase(name, fn, cfg, phases, say=lambda m: print(f"[demo] {m}", flush=True))
+        return logs[name]
+
     base_corpus = os.path.join(w, f"corpus-base-{sl}")
     if a.teacher_steps:
-        t_dir = os.path.join(w, f"teacher-{sl}-s{a.teacher_steps}")
-        logs["teacher"] = _phase("teacher fine-tune", t_dir, train_teacher,
-                                 TeacherConfig(teacher=a.teacher, out_dir=t_dir, steps=a.teacher_steps,
-                                               base_corpus_dir=base_corpus, **teacher_recipe(a.teacher),
-                                               **slice_kw))
-        rows["teacher (off the shelf)"] = logs["teacher"]["dev_before"]
+        tlog = phase("teacher", train_teacher, TeacherConfig(teacher=a.teacher, steps=a.teacher_steps,
+                                                             base_corpus_dir=base_corpus, **teacher_recipe(a.teacher),
+                                                             **slice_kw))
+        rows["teacher (off the shelf)"] = tlog["dev_before"]
+        t_dir = tlog["out_dir"]
         teacher = os.path.join(t_dir, "model")
     teacher_folder, _ = check_folder(teacher, "teacher")
     tag = f"finetuned{a.teacher_steps}" if a.teacher_steps else "base"
@@ -188,34 +171,30 @@ def main(argv=None) -> int:
 
     # 3. align on the query log (teacher targets cached), 4. refine against the frozen corpus vectors.
     lq = a.log_queries or "all"
-    titles = "" if a.no_align_titles else f"-titles-{sl}"
-    al = f"q{lq}-s{a.align_steps}-lr{a.align_lr:g}"
-    align_dir = os.path.join(w, f"align-{tag}-{al}{titles}")
-    refine_dir = os.path.join(w, f"refine-{tag}-{sl}-{al}-s{a.refine_steps}-a{RefineConfig.align_weight}")
-    base_dir = os.path.join(w, f"baseline-{tag}-{sl}-s{a.refine_steps}")
-    logs["align"] = _phase("align", align_dir, train_align, AlignConfig(
-        student=a.student, teacher=teacher_folder, data_dir=ddir, out_dir=align_dir, max_queries=a.log_queries,
+    alog = phase("align", train_align, AlignConfig(
+        student=a.student, teacher=teacher_folder, data_dir=ddir, max_queries=a.log_queries,
         steps=a.align_steps, lr=a.align_lr, targets_dir=os.path.join(w, f"log-targets-{tag}-q{lq}"),
         extra_texts_file=None if a.no_align_titles else write_texts_tsv(
             os.path.join(w, f"titles-{sl}.tsv"), train.doc_ids, train.doc_texts),
         extra_targets_dir=None if a.no_align_titles else corpus_dir))
-    row("student aligned", align_dir, lambda: quality(os.path.join(align_dir, "model")))
+    align_model = os.path.join(alog["out_dir"], "model")
+    row("student aligned", alog["out_dir"], lambda: quality(align_model))
     refine_kw = dict(teacher=teacher_folder, doc_embeddings=corpus_dir, steps=a.refine_steps, evaluate=False,
                      query_targets_dir=finetuned_queries_dir(t_dir) if a.teacher_steps
                      else os.path.join(w, f"train-queries-{tag}-{sl}"), **slice_kw)
-    logs["refine"] = _phase("refine", refine_dir, train_refine,
-                            RefineConfig(student=os.path.join(align_dir, "model"), out_dir=refine_dir, **refine_kw))
-    row("student aligned + refined", refine_dir, lambda: quality(os.path.join(refine_dir, "model")))
+    rlog = phase("refine", train_refine, RefineConfig(student=align_model, **refine_kw))
+    refine_model = os.path.join(rlog["out_dir"], "model")
+    row("student aligned + refined", rlog["out_dir"], lambda: quality(refine_model))
     if not a.no_baseline:
         # The paper's baseline: the same InfoNCE budget on the raw student (fresh 384->768 head), no alignment.
-        logs["baseline"] = _phase("baseline: direct asymmetric fine-tune", base_dir, train_refine,
-                                  RefineConfig(student=a.student, out_dir=base_dir, head_lr_mult=50.0,
-                                               align_weight=0.0, **refine_kw))
-        row("baseline: direct asymmetric (no align)", base_dir, lambda: quality(os.path.join(base_dir, "model")))
+        blog = phase("baseline", train_refine, RefineConfig(student=a.student, head_lr_mult=50.0, align_weight=0.0,
+                                                            **refine_kw))
+        row("baseline: direct asymmetric (no align)", blog["out_dir"],
+            lambda: quality(os.path.join(blog["out_dir"], "model")))
 
     # 5. the deployed path: aligned+refined student behind the engine, querying the ANN index.
     from .serve_check import serve_queries
-    served = serve_queries(index_dir, load_encoder(os.path.join(refine_dir, "model")), dev.query_ids,
+    served = serve_queries(index_dir, load_encoder(refine_model), dev.query_ids,
                            dev.queries, dev.qrels, a.threshold)
     rows[f"served: engine + {served['index_kind']} index"] = served["metrics"]
 
@@ -227,6 +206,8 @@ def main(argv=None) -> int:
     print(f"Home Depot dev: {int(teacher_row['queries'])} queries, {len(train.doc_ids)} products, "
           f"relevant = grade >= {a.threshold}; 'rec' = student / teacher")
     print(format_table(table))
+    print("(a corpus slice: the full-catalogue figures, every product and every dev query, come from "
+          "`make reproduce` / `hlm reproduce`)")
     print(f"\nserving (CPU, aligned+refined student, {served['queries']} dev queries): "
           f"{served['throughput_qps']:.0f} queries/s end to end (encode {served['encode_qps']:.0f}/s), "
           f"batch-1 latency p50 {served['latency_ms_p50']:.1f} ms, p99 {served['latency_ms_p99']:.1f} ms")

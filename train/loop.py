@@ -128,10 +128,10 @@ def train(cfg, encoder, tower, n_examples: int, step_loss: Callable[[int, np.nda
           on_step: Callable[[int], None] | None = None) -> dict:
     """Run steps [start, cfg.steps) of `step_loss(step, global_batch_indices) -> scalar loss`.
 
-    cfg needs: out_dir, steps, batch_size, lr, warmup_steps, weight_decay, seed, save_every, resume,
-    stop_after (None, or stop — checkpointed — once this many steps have run in this process); optional
-    model_dir (where the final model goes; default out_dir/model). `on_step(steps_done)` runs on the main
-    rank after every step (e.g. a dev-quality probe).
+    cfg: a phase config, whose `runner.Optim` block is what this reads: out_dir, steps, batch_size, lr,
+    warmup_steps, weight_decay, seed, save_every, resume, stop_after (None, or stop — checkpointed — once
+    this many steps have run in this process), model_dir (where the final model goes; None: out_dir/model).
+    `on_step(steps_done)` runs on the main rank after every step (e.g. a dev-quality probe).
     """
     if cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")

@@ -8,7 +8,7 @@ that is again close to the teacher. Each step:
     2. score it on real calibration queries from the log: Block Influence per layer and FFN unit importance
        (`prune.calibration_stats`), plus the alignment loss with each layer skipped (for comparison),
     3. slice it to the step's (num_layers, ffn_width) — a dense model, no masks — and save it (atomic),
-    4. re-align it with the ℓ2 phase for `align_steps` (all steps share one teacher-target cache),
+    4. re-align it with the ℓ2 phase for `steps` (all steps share one teacher-target cache),
     5. measure the distance to the teacher on held-out log queries and, optionally, Recall@100 on the
        Home Depot dev split against the teacher's product vectors (recovery = student / teacher).
 Optionally the final model (or every step's, for a Pareto table) is refined contrastively.
@@ -38,25 +38,27 @@ from hlm_engine.io import write_json
 
 from . import prune as P
 from .align import AlignConfig, distance, load_queries, train_align
-from .common import cache_dir, check_folder, load_encoder, write_texts_tsv
+from .common import cache_dir, check_folder, copy_model, load_encoder, write_texts_tsv
 from .embed import cached_encode, retrieval_quality
+from .runner import Optim, Slice, block, prepare
 
 
 @dataclass
-class ProgressiveConfig:
+class ProgressiveConfig(Slice, Optim):
+    """The Optim block is the re-alignment's (steps, lr, batch_size, ... of each pruning step's align phase;
+    `hlm prune --align-steps/--align-lr` set steps/lr); the Slice block is the dev check's and refine's."""
     student: str = "minilm"
     teacher: str = "mpnet"
-    data_dir: str | None = None
     queries_file: str | None = None         # a .tsv with a `query` column; default: the data dir's query log
     out_dir: str = "runs/prune"
     # (num_layers, ffn_width) per step toward the target; ffn_width None keeps each layer's width.
     schedule: list = field(default_factory=lambda: [(4, 1536), (3, 1024), (2, 1024)])
-    align_steps: int = 300                  # re-alignment budget after each pruning step
-    initial_align_steps: int | None = None  # aligning an unaligned student first (None: align_steps)
-    align_lr: float = 1e-4
+    steps: int = 300                        # re-alignment budget after each pruning step
+    initial_align_steps: int | None = None  # aligning an unaligned student first (None: steps)
     batch_size: int = 64
     warmup_steps: int = 25
     max_queries: int | None = 20000         # log queries used for alignment (None = the whole log)
+    exclude_queries: str | None = None      # Home Depot splits whose queries leave the log (AlignConfig's)
     holdout: int = 512                      # held-out log queries: distance to the teacher
     extra_texts_file: str | None = None     # more (id, text) rows to re-align on, e.g. ad titles (see align.py)
     extra_targets_dir: str | None = None    # their teacher vectors (an encode_corpus folder)
@@ -68,17 +70,13 @@ class ProgressiveConfig:
     skip_loss: bool = True                  # also score layers by the loss when skipped (L extra passes)
     evaluate: bool = False                  # Recall@100 recovery on the dev split after every step
     max_products: int | None = 20000        # dev corpus slice: all judged products + distractors
-    max_dev_queries: int | None = None      # evaluate on a seeded subset of dev queries (None = all; a subset
-                                            # gets its own, smaller corpus slice, not shared with refine)
-    max_train_queries: int | None = None    # refine's training queries (None = all)
+    #   max_dev_queries: evaluate on a seeded subset of dev queries (None = all; a subset gets its own,
+    #   smaller corpus slice, not shared with refine); max_train_queries: refine's training queries
     refine: bool = False                    # contrastive refinement of the final model
     refine_every_step: bool = False         # ... of every step's model (Pareto studies); the chain goes on
     refine_steps: int = 200                 #     from the aligned, unrefined models
     refine_lr: float = 2e-5
     refine_batch_size: int = 32
-    seed: int = 0
-    save_every: int = 100
-    resume: bool = False
     stop_after_steps: int | None = None     # stop after this many pruning steps ran in this process
     encode_batch_size: int = 128
     targets_dir: str | None = None          # teacher-target cache of the log (default: out_dir/cache/...;
@@ -86,6 +84,7 @@ class ProgressiveConfig:
     refine_doc_embeddings: str | None = None    # refine against these teacher corpus vectors (default: the
     #                                             dev check's cache) ...
     refine_query_targets_dir: str | None = None  # ... with these teacher train-query vectors as the anchor
+    #   model_dir: where the final model is copied when the schedule finishes (None: left in its step folder)
 
 
 def parse_schedule(text: str) -> list[tuple[int, int | None]]:
@@ -151,9 +150,7 @@ class _DevEval:
 
     def __init__(self, cfg: ProgressiveConfig, teacher_folder: str):
         if cfg.max_dev_queries is None:
-            from .teacher import TeacherConfig, prepare
-            train, self.dev, _ = prepare(TeacherConfig(data_dir=cfg.data_dir, max_train_queries=cfg.max_train_queries,
-                                                       max_products=cfg.max_products, seed=cfg.seed))
+            train, self.dev, _ = prepare(cfg)
             ids, texts, cache = train.doc_ids, train.doc_texts, "teacher_corpus"
         else:  # a cheaper check: fewer dev queries, so fewer judged products to encode with the teacher
             from .common import choose_queries, corpus_rows, judged_ids, subset_queries
@@ -183,26 +180,26 @@ def _warmup(warmup: int, steps: int) -> int:
 
 
 def _align_cfg(cfg: ProgressiveConfig, student: str, out_dir: str, steps: int) -> AlignConfig:
+    optim = block(cfg, Optim) | dict(out_dir=out_dir, model_dir=None, stop_after=None, steps=steps,
+                                     warmup_steps=_warmup(cfg.warmup_steps, steps))
     return AlignConfig(student=student, teacher=cfg.teacher, data_dir=cfg.data_dir, queries_file=cfg.queries_file,
-                       targets_dir=cfg.targets_dir or cache_dir(cfg.out_dir, "teacher_targets"), out_dir=out_dir,
-                       max_queries=cfg.max_queries, holdout=cfg.holdout, max_length=cfg.max_length, steps=steps,
-                       batch_size=cfg.batch_size, lr=cfg.align_lr, warmup_steps=_warmup(cfg.warmup_steps, steps),
-                       seed=cfg.seed, save_every=cfg.save_every, resume=cfg.resume,
-                       encode_batch_size=cfg.encode_batch_size, extra_texts_file=cfg.extra_texts_file,
-                       extra_targets_dir=cfg.extra_targets_dir)
+                       targets_dir=cfg.targets_dir or cache_dir(cfg.out_dir, "teacher_targets"),
+                       max_queries=cfg.max_queries, exclude_queries=cfg.exclude_queries, holdout=cfg.holdout,
+                       max_length=cfg.max_length, encode_batch_size=cfg.encode_batch_size,
+                       extra_texts_file=cfg.extra_texts_file, extra_targets_dir=cfg.extra_targets_dir, **optim)
 
 
 def _refine(cfg: ProgressiveConfig, student: str, out_dir: str) -> dict:
     from .refine import RefineConfig, train_refine
+    optim = block(cfg, Optim) | dict(out_dir=out_dir, model_dir=None, stop_after=None, steps=cfg.refine_steps,
+                                     batch_size=cfg.refine_batch_size, lr=cfg.refine_lr,
+                                     warmup_steps=_warmup(20, cfg.refine_steps))
+    # The refine corpus is the full slice (every dev-judged product), whatever subset the dev check measures.
     log = train_refine(RefineConfig(
         student=student, teacher=cfg.teacher,
         doc_embeddings=cfg.refine_doc_embeddings or cache_dir(cfg.out_dir, "teacher_corpus"),
-        query_targets_dir=cfg.refine_query_targets_dir,
-        data_dir=cfg.data_dir, out_dir=out_dir, max_train_queries=cfg.max_train_queries,
-        max_products=cfg.max_products, max_length=cfg.max_length, steps=cfg.refine_steps,
-        batch_size=cfg.refine_batch_size, lr=cfg.refine_lr, warmup_steps=_warmup(20, cfg.refine_steps),
-        seed=cfg.seed, save_every=cfg.save_every, resume=cfg.resume, evaluate=False,
-        encode_batch_size=cfg.encode_batch_size))
+        query_targets_dir=cfg.refine_query_targets_dir, max_length=cfg.max_length, evaluate=False,
+        encode_batch_size=cfg.encode_batch_size, **(block(cfg, Slice) | dict(max_dev_queries=None) | optim)))
     return {"model": os.path.join(out_dir, "model"), "loss_first10": log["loss_first10"],
             "loss_last10": log["loss_last10"]}
 
@@ -246,8 +243,8 @@ def run_progressive(cfg: ProgressiveConfig) -> dict:
     student_folder, s_dim = check_folder(cfg.student, "student")
     from hlm_engine.config import load_folder_config
     cfg.schedule = check_schedule(cfg.schedule, load_folder_config(student_folder).num_layers)
-    if cfg.align_steps < 1:
-        raise ValueError(f"align_steps must be >= 1, got {cfg.align_steps}")
+    if cfg.steps < 1:
+        raise ValueError(f"steps (the re-alignment budget) must be >= 1, got {cfg.steps}")
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = os.path.join(cfg.out_dir, "steps.json")
     state = _load_state(cfg, path)
@@ -272,7 +269,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict:
         parent = student_folder
         if s_dim != t_dim:  # no teacher-width head yet: align the unpruned student first
             d = os.path.join(cfg.out_dir, "step0", "align")
-            log = train_align(_align_cfg(cfg, student_folder, d, cfg.initial_align_steps or cfg.align_steps))
+            log = train_align(_align_cfg(cfg, student_folder, d, cfg.initial_align_steps or cfg.steps))
             entry.update(distance_before=log["distance_before"], align_loss_last10=log["loss_last10"])
             parent = os.path.join(d, "model")
         enc = load_encoder(parent, cfg.max_length, "student")
@@ -298,7 +295,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict:
         else:
             info = _prune_step(cfg, parent, queries, n_layers, width, pruned_dir)
             write_json(info_path, info)
-        log = train_align(_align_cfg(cfg, pruned_dir, os.path.join(d, "align"), cfg.align_steps))
+        log = train_align(_align_cfg(cfg, pruned_dir, os.path.join(d, "align"), cfg.steps))
         model = os.path.join(d, "align", "model")
         entry = {"step": k, "name": f"step{k}", "target": [n_layers, width], "parent": parent, **info,
                  "distance_pruned": log["distance_before"], "align_loss_last10": log["loss_last10"], "model": model}
@@ -312,6 +309,8 @@ def run_progressive(cfg: ProgressiveConfig) -> dict:
     save()
     last = entries[-1]
     state["final_model"] = last["refine"]["model"] if "refine" in last else last["model"]
+    if cfg.model_dir and state["finished"]:
+        copy_model(state["final_model"], cfg.model_dir)
     write_json(path, state)
     return state
 

@@ -31,26 +31,22 @@ from . import distributed as dist_utils
 from . import loop
 from .align import write_alignment
 from .common import attach_projection, cache_dir, check_folder, load_encoder, resume_or
-from .data import DEFAULT_THRESHOLD, build_pairs, contrastive_batch, text_keys
+from .data import contrastive_batch, text_keys
 from .embed import cached_encode, retrieval_quality
 from .losses import InfoNCEConfig, alignment_loss, infonce_loss
 from .mining import mine_hard_negatives
+from .runner import Optim, Slice, prepare
 
 
 @dataclass
-class RefineConfig:
+class RefineConfig(Slice, Optim):
     student: str = "runs/align/model"
     teacher: str = "mpnet"                 # whose frozen corpus vectors are the documents
     doc_embeddings: str | None = None      # an encode_corpus dir of the teacher's corpus vectors (cache)
     query_targets_dir: str | None = None   # cache of the teacher's train-query vectors (shareable between
     #                                        runs on the same slice, e.g. refine and baseline)
-    data_dir: str | None = None
     out_dir: str = "runs/refine"
-    threshold: float = DEFAULT_THRESHOLD
     skip_threshold: float = 2.0
-    max_train_queries: int | None = None
-    max_dev_queries: int | None = None     # dev queries measured (seeded subset; None = all)
-    max_products: int | None = None
     max_length: int | None = 64
     num_negatives: int = 7
     shared_negatives: int = 1024
@@ -61,28 +57,16 @@ class RefineConfig:
     query_query: bool = True               # q–q in-batch negatives in the InfoNCE denominator
     doc_doc: bool = True                   # d⁺–d negatives (constants in refine: they only enlarge Z)
     align_weight: float = 1.0              # ℓ2 anchor to the teacher's query vectors (0 = InfoNCE only)
-    steps: int = 300
-    batch_size: int = 32
     lr: float = 2e-5
     head_lr_mult: float = 1.0              # lr multiplier of the projection head (a fresh head: ~50)
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    seed: int = 0
-    save_every: int = 100
-    resume: bool = False
-    stop_after: int | None = None
     evaluate: bool = True
     encode_batch_size: int = 128
 
 
 def train_refine(cfg: RefineConfig) -> dict:
-    from .teacher import TeacherConfig, prepare
     torch.manual_seed(cfg.seed)
     dist_utils.setup()
-    train, dev, pairs = prepare(TeacherConfig(data_dir=cfg.data_dir, threshold=cfg.threshold,
-                                              max_train_queries=cfg.max_train_queries,
-                                              max_products=cfg.max_products, max_dev_queries=cfg.max_dev_queries,
-                                              evaluate=cfg.evaluate, seed=cfg.seed))
+    train, dev, pairs = prepare(cfg)
     teacher_folder, t_dim = check_folder(cfg.teacher, "teacher")
     start = resume_or(cfg.student, cfg.out_dir, cfg.resume)
     enc = load_encoder(start, cfg.max_length, "student")

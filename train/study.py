@@ -11,9 +11,9 @@ and is measured on the Home Depot dev split by exact top-100 search over the tea
 `dim` coordinates and re-normalised (Matryoshka-style). After every cell is trained, all final models and
 the teacher are timed side by side in this one process (`study_speed`).
 
-Caching (under the work dir): every phase lives in a folder named by the hash of everything its model
-depends on, so cells that share a prefix (the aligned base student that the dim cells, the refine cells and
-the pruned cells start from) share it; evaluations and each cell's result are JSON files keyed the same way;
+Caching (under the work dir): every phase runs through the phase runner (train/runner.py), in a folder keyed
+by the hash of its config, whose student is the previous phase's model folder, so cells that share a prefix
+(the aligned base student that the dim cells, the refine cells and the pruned cells start from) share it; evaluations and each cell's result are JSON files keyed the same way;
 the teacher's product vectors, dev-query vectors, log-query targets and train-query vectors are encoded once
 per data slice. A second run with the same config computes nothing and only re-tabulates.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from functools import cached_property
 
@@ -36,6 +35,7 @@ from hlm_engine.retrieval.data import data_dir as resolve_data_dir
 from hlm_engine.retrieval.eval import recovery
 from hlm_engine.io import read_json, write_json
 
+from .runner import Slice, block, cached, phase_key, prepare, run_phase
 from .study_config import QWEN3_RANDOM, Cell, StudyConfig, stable_hash
 
 def _timed(fn) -> tuple[object, dict]:
@@ -43,17 +43,6 @@ def _timed(fn) -> tuple[object, dict]:
     out = fn()
     return out, {"wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(time.process_time() - c, 2),
                  "threads": torch.get_num_threads()}
-
-
-def _link(target: str, link: str) -> None:
-    """Point a phase's private cache folder at the study's shared one (the phases are reused unchanged, and
-    they look for their teacher vectors under out_dir/cache/...)."""
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.islink(link) and os.readlink(link) == target:
-        return
-    if os.path.lexists(link):
-        raise FileExistsError(f"{link} exists and is not a link to the shared cache {target}")
-    os.symlink(target, link)
 
 
 def count_params(folder: str) -> int:
@@ -73,17 +62,34 @@ def truncate(x: np.ndarray, dim: int) -> np.ndarray:
     return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
 
 
-def build_qwen3_student(cell: Cell, out_dir: str, max_length: int, seed: int) -> None:
-    """A Qwen3-architecture student from our config system: random init, the real Qwen3 tokenizer."""
+@dataclasses.dataclass
+class QwenBuild:
+    """The 'build' phase's config: a random-init Qwen3-architecture student (the cell's qwen3_* fields)."""
+    qwen3_layers: int
+    qwen3_hidden: int
+    qwen3_heads: int
+    qwen3_kv_heads: int
+    qwen3_head_dim: int
+    qwen3_ffn: int
+    max_length: int
+    seed: int
+    out_dir: str = ""
+
+
+def build_qwen3_student(b: QwenBuild) -> dict:
+    """A Qwen3-architecture student from our config system: random init, the real Qwen3 tokenizer; saved
+    to out_dir/model."""
     from hlm_engine import Encoder
     from hlm_engine.config import preset
     from hlm_engine.hub import resolve
-    cfg = preset("qwen3-190m", hidden_size=cell.qwen3_hidden, num_layers=cell.qwen3_layers,
-                 num_heads=cell.qwen3_heads, num_kv_heads=cell.qwen3_kv_heads, head_dim=cell.qwen3_head_dim,
-                 intermediate_sizes=[cell.qwen3_ffn] * cell.qwen3_layers, max_length=max_length)
-    cfg = dataclasses.replace(cfg, name=f"qwen3-{cell.qwen3_layers}layer-{cell.qwen3_hidden}-random")
+    cfg = preset("qwen3-190m", hidden_size=b.qwen3_hidden, num_layers=b.qwen3_layers,
+                 num_heads=b.qwen3_heads, num_kv_heads=b.qwen3_kv_heads, head_dim=b.qwen3_head_dim,
+                 intermediate_sizes=[b.qwen3_ffn] * b.qwen3_layers, max_length=b.max_length)
+    cfg = dataclasses.replace(cfg, name=f"qwen3-{b.qwen3_layers}layer-{b.qwen3_hidden}-random")
     tok = os.path.join(resolve("qwen3-tokenizer"), "tokenizer.json")
-    Encoder.from_config(cfg, tok, backend="torch", dtype=torch.float32, seed=seed).save_pretrained(out_dir)
+    Encoder.from_config(cfg, tok, backend="torch", dtype=torch.float32, seed=b.seed).save_pretrained(
+        os.path.join(b.out_dir, "model"))
+    return {"finished": True}
 
 
 class Study:
@@ -110,10 +116,12 @@ class Study:
     @cached_property
     def data(self):
         """(train, dev, pairs) of the slice — the very call the refine phase makes, so its corpus matches."""
-        from .teacher import TeacherConfig, prepare
-        return prepare(TeacherConfig(data_dir=self.data_dir, threshold=self.s.threshold,
-                                     max_train_queries=self.s.train_queries, max_dev_queries=self.s.dev_queries,
-                                     max_products=self.s.products, seed=self.s.seed))
+        return prepare(self.slice)
+
+    @property
+    def slice(self) -> Slice:
+        return Slice(data_dir=self.data_dir, threshold=self.s.threshold, max_train_queries=self.s.train_queries,
+                     max_dev_queries=self.s.dev_queries, max_products=self.s.products, seed=self.s.seed)
 
     def _shared_encode(self, name: str, texts: list[str], out_dir: str, ids=None) -> np.ndarray:
         from .embed import cached_encode
@@ -149,12 +157,20 @@ class Study:
                                    self._path("cache", f"slice-{self.slice_key}", "teacher-dev-queries"),
                                    ids=dev.query_ids)
 
+    @property
+    def _log_targets_path(self) -> str:
+        return self._path("cache", f"slice-{self.slice_key}", "teacher-log-targets")
+
+    @property
+    def _train_query_path(self) -> str:
+        return self._path("cache", f"slice-{self.slice_key}", "teacher-train-queries")
+
     @cached_property
     def log_targets_dir(self) -> str:
         """Teacher vectors of the alignment log (the align phase's `targets_dir`), encoded here once so their
         cost is the study's shared cost, not the first align cell's."""
         from .align import AlignConfig, load_queries
-        d = self._path("cache", f"slice-{self.slice_key}", "teacher-log-targets")
+        d = self._log_targets_path
         queries, _ = load_queries(AlignConfig(data_dir=self.data_dir, max_queries=self.s.log_queries,
                                               holdout=self.s.holdout, seed=self.s.seed))
         self._shared_encode("log query targets", queries, d)
@@ -163,109 +179,76 @@ class Study:
     @cached_property
     def train_query_dir(self) -> str:
         """Teacher vectors of the refine phase's training queries (used to mine its hard negatives)."""
-        d = self._path("cache", f"slice-{self.slice_key}", "teacher-train-queries")
+        d = self._train_query_path
         self._shared_encode("train query vectors", self.data[2].query_texts, d)
         return d
 
     # ------------------------------------------------------------------ phases
-    def _phase(self, kind: str, key: dict, run, needs=()) -> dict:
-        """Run `run(folder)` once for this key (its model lands in folder/model); the cached record after.
-        `needs`: shared teacher-side caches to fill first, outside the phase's timing (their cost is shared)."""
-        h = stable_hash(key)
-        d = self._path(kind, h)
-        rec_path = os.path.join(d, "phase.json")
-        if os.path.exists(rec_path):
-            return read_json(rec_path)
-        self.computed.append(f"{kind}:{h}")
-        for name in needs:
-            getattr(self, name)
-        _, cost = _timed(lambda: run(d))
-        # A finished phase never resumes: its optimizer checkpoints (3x the model) only cost disk.
-        for root, dirs, _ in os.walk(d):
-            if "checkpoint" in dirs:
-                shutil.rmtree(os.path.join(root, "checkpoint"))
-                dirs.remove("checkpoint")
+    def _phase(self, kind: str, fn, cfg, needs=()) -> dict:
+        """One phase through the runner (cached under work/phases in a folder keyed by its config); the
+        study's record of it. `needs`: shared teacher-side caches to fill first, outside the phase's timing
+        (their cost is shared)."""
+        root = self._path("phases")
+        if cached(root, kind, cfg) is None:
+            self.computed.append(f"{kind}:{phase_key(cfg)}")
+            for name in needs:
+                getattr(self, name)
+        log = run_phase(kind, fn, cfg, root, say=lambda m: None, keep_checkpoints=False)
         from hlm_engine.weights import weights_checksum
-        model = os.path.join(d, "model")
-        rec = {"phase": kind, "key": h, "settings": key, "model": model, "checksum": weights_checksum(model),
-               **cost}
-        write_json(rec_path, rec)
-        return rec
+        model = log.get("final_model") or os.path.join(log["out_dir"], "model")
+        return {"phase": kind, "key": phase_key(cfg), "model": model, "checksum": weights_checksum(model),
+                "wall_s": log["wall_seconds"], "cpu_s": log["cpu_seconds"], "threads": log["threads"]}
 
-    def _student(self, c: Cell) -> tuple[str, dict, dict | None]:
-        """(student folder or name, its identity for cache keys, build record or None)."""
+    def _student(self, c: Cell) -> tuple[str, dict | None]:
+        """(student folder or name, build record or None)."""
         if c.student != QWEN3_RANDOM:
-            return c.student, {"student": c.student}, None
-        spec = {k: v for k, v in dataclasses.asdict(c).items() if k.startswith("qwen3_")}
-        spec.update(max_length=self.s.max_length, seed=self.s.seed)
-        rec = self._phase("build", spec, lambda d: build_qwen3_student(c, os.path.join(d, "model"),
-                                                                        self.s.max_length, self.s.seed))
-        return rec["model"], {"student": QWEN3_RANDOM, **spec}, rec
+            return c.student, None
+        spec = QwenBuild(**{k: v for k, v in dataclasses.asdict(c).items() if k.startswith("qwen3_")},
+                         max_length=self.s.max_length, seed=self.s.seed)
+        rec = self._phase("build", build_qwen3_student, spec)
+        return rec["model"], rec
 
-    def _align(self, c: Cell, student: str, ident: dict) -> dict:
+    def _align(self, c: Cell, student: str) -> dict:
         from .align import AlignConfig, train_align
-        key = {**ident, "teacher": self.s.teacher, "objective": c.objective, "steps": c.align_steps,
-               "lr": c.align_lr, "batch_size": c.align_batch_size, "data_dir": self.shared["data_dir"],
-               "log_queries": self.s.log_queries, "holdout": self.s.holdout, "max_length": self.s.max_length,
-               "seed": self.s.seed}
-
-        def run(d):
-            train_align(AlignConfig(student=student, teacher=self.teacher[0], data_dir=self.data_dir,
-                                    targets_dir=self.log_targets_dir, out_dir=d, max_queries=self.s.log_queries,
-                                    holdout=self.s.holdout, max_length=self.s.max_length, loss=c.objective,
-                                    steps=c.align_steps, batch_size=c.align_batch_size, lr=c.align_lr,
-                                    warmup_steps=min(25, c.align_steps // 10), seed=self.s.seed, resume=True))
-        return self._phase("align", key, run, needs=("log_targets_dir",))
+        return self._phase("align", train_align, AlignConfig(
+            student=student, teacher=self.teacher[0], data_dir=self.data_dir,
+            targets_dir=self._log_targets_path, max_queries=self.s.log_queries, holdout=self.s.holdout,
+            max_length=self.s.max_length, loss=c.objective, steps=c.align_steps, batch_size=c.align_batch_size,
+            lr=c.align_lr, warmup_steps=min(25, c.align_steps // 10), seed=self.s.seed),
+            needs=("log_targets_dir",))
 
     def _prune_step(self, c: Cell, parent: dict, target: tuple) -> dict:
         """One progressive step (score -> slice -> ℓ2 re-align) as its own cached phase, so schedules that
         share a prefix share its steps whatever order the cells run in."""
         from .progressive import ProgressiveConfig, run_progressive
-        key = {"parent": parent["key"], "target": list(target), "align_steps": c.prune_align_steps,
-               "lr": c.align_lr, "batch_size": c.align_batch_size,
-               "calibration_queries": self.s.calibration_queries}
+        return self._phase("prune", run_progressive, ProgressiveConfig(
+            student=parent["model"], teacher=self.teacher[0], data_dir=self.data_dir, schedule=[target],
+            steps=c.prune_align_steps, lr=c.align_lr, batch_size=c.align_batch_size, max_queries=self.s.log_queries,
+            holdout=self.s.holdout, max_length=self.s.max_length, calibration_queries=self.s.calibration_queries,
+            skip_loss=False, evaluate=False, seed=self.s.seed, targets_dir=self._log_targets_path),
+            needs=("log_targets_dir",))
 
-        def run(d):
-            _link(self.log_targets_dir, os.path.join(d, "cache", "teacher_targets"))
-            state = run_progressive(ProgressiveConfig(
-                student=parent["model"], teacher=self.teacher[0], data_dir=self.data_dir, out_dir=d,
-                schedule=[target], align_steps=c.prune_align_steps, align_lr=c.align_lr,
-                batch_size=c.align_batch_size, max_queries=self.s.log_queries, holdout=self.s.holdout,
-                max_length=self.s.max_length, calibration_queries=self.s.calibration_queries, skip_loss=False,
-                evaluate=False, seed=self.s.seed, resume=True))
-            _link(state["steps"][1]["model"], os.path.join(d, "model"))
-        return self._phase("prune", key, run, needs=("log_targets_dir",))
-
-    def _refine(self, c: Cell, start: str, start_key: dict, direct: bool) -> dict:
+    def _refine(self, c: Cell, start: str, direct: bool) -> dict:
         from .refine import RefineConfig, train_refine
-        key = {"start": start_key, "teacher": self.s.teacher, "steps": c.refine_steps, "lr": c.refine_lr,
-               "batch_size": c.refine_batch_size, "num_negatives": c.num_negatives, "direct": direct,
-               "align_weight": 0.0 if direct else c.refine_align_weight,
-               "slice": self.slice_key}
-
-        def run(d):
-            _link(self.train_query_dir, os.path.join(d, "cache", "teacher_train_queries"))
-            train_refine(RefineConfig(
-                student=start, teacher=self.teacher[0], doc_embeddings=self.corpus_dir, data_dir=self.data_dir,
-                out_dir=d, threshold=self.s.threshold, max_train_queries=self.s.train_queries,
-                max_dev_queries=self.s.dev_queries, max_products=self.s.products, max_length=self.s.max_length,
-                num_negatives=c.num_negatives, steps=c.refine_steps, batch_size=c.refine_batch_size,
-                lr=c.refine_lr, warmup_steps=min(20, c.refine_steps // 10), seed=self.s.seed, resume=True,
-                evaluate=False,
-                # A fresh 384->768 head next to a pretrained body needs a far larger step (as in the demo).
-                head_lr_mult=50.0 if direct else 1.0,
-                # The baseline has no alignment at all, so no ℓ2 anchor to the teacher's query vectors either.
-                align_weight=0.0 if direct else c.refine_align_weight))
-        return self._phase("refine", key, run, needs=("docs", "train_query_dir"))
+        return self._phase("refine", train_refine, RefineConfig(
+            student=start, teacher=self.teacher[0], doc_embeddings=self.corpus_dir,
+            query_targets_dir=self._train_query_path, max_length=self.s.max_length, num_negatives=c.num_negatives,
+            steps=c.refine_steps, batch_size=c.refine_batch_size, lr=c.refine_lr,
+            warmup_steps=min(20, c.refine_steps // 10), evaluate=False,
+            # A fresh 384->768 head next to a pretrained body needs a far larger step (as in the demo).
+            head_lr_mult=50.0 if direct else 1.0,
+            # The baseline has no alignment at all, so no ℓ2 anchor to the teacher's query vectors either.
+            align_weight=0.0 if direct else c.refine_align_weight, **block(self.slice, Slice)),
+            needs=("docs", "train_query_dir"))
 
     def chain(self, c: Cell) -> list[tuple[str, dict]]:
         """Train (or load from cache) every phase of a cell: [(label, phase record), ...]."""
-        student, ident, built = self._student(c)
+        student, built = self._student(c)
         out = [("build", built)] if built else []
         if c.objective == "none":
             return out + [(f"direct fine-tune ({c.refine_steps} steps, {c.num_negatives} negatives)",
-                           self._refine(c, student, ident, direct=True))]
-        rec = self._align(c, student, ident)
+                           self._refine(c, student, direct=True))]
+        rec = self._align(c, student)
         out.append((f"align ({c.objective}, {c.align_steps} steps, lr {c.align_lr:g})", rec))
         if c.prune:
             from .progressive import parse_schedule
@@ -274,7 +257,7 @@ class Study:
                 out.append((f"prune {n}x{w if w else 'all'} (+{c.prune_align_steps} align steps)", rec))
         if c.refine:
             out.append((f"refine ({c.refine_steps} steps, {c.num_negatives} negatives)",
-                        self._refine(c, rec["model"], {"phase": rec["key"]}, direct=False)))
+                        self._refine(c, rec["model"], direct=False)))
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -325,9 +308,9 @@ class Study:
         label = {"name": c.name, "axis": c.axis, "settings": dataclasses.asdict(c)}
         path = self.cell_path(c)
         if os.path.exists(path):
-            cached = read_json(path)
-            if os.path.isdir(cached["model"]):  # else its phase folders were deleted: rebuild them
-                return {**cached, **label}
+            hit = read_json(path)
+            if os.path.isdir(hit["model"]):  # else its phase folders were deleted: rebuild them
+                return {**hit, **label}
         if c.dim and c.dim > self.teacher[1]:
             raise ValueError(f"cell {c.name!r}: dim {c.dim} exceeds the teacher's width {self.teacher[1]}")
         chain = self.chain(c)

@@ -25,23 +25,19 @@ from hlm_engine.models.packing import pack
 
 from . import distributed as dist_utils
 from . import loop
-from .common import cache_dir, choose_queries, corpus_rows, judged_ids, load_encoder, resume_or, subset_queries
-from .data import DEFAULT_THRESHOLD, build_pairs, contrastive_batch, load_split, restrict, text_keys
+from .common import cache_dir, load_encoder, resume_or
+from .data import contrastive_batch, text_keys
 from .embed import cached_encode, retrieval_quality
 from .losses import InfoNCEConfig, infonce_loss
 from .mining import mine_hard_negatives
+from .runner import Optim, Slice, prepare  # noqa: F401  (prepare: re-exported, its old home)
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(Slice, Optim):
     teacher: str = "mpnet"
-    data_dir: str | None = None
     out_dir: str = "runs/teacher"
-    threshold: float = DEFAULT_THRESHOLD   # positives: relevance >= threshold
     skip_threshold: float = 2.0            # never mine a product judged >= this for the query
-    max_train_queries: int | None = None   # None = all train queries with a positive
-    max_dev_queries: int | None = None     # dev queries measured (seeded subset; None = all)
-    max_products: int | None = None        # corpus slice: judged products + distractors (None = all)
     max_length: int | None = 64            # titles and queries are short; caps the cost of outliers
     num_negatives: int = 3
     trainable_layers: int | None = None    # fine-tune only the top N layers (None = all): on CPU the
@@ -55,34 +51,15 @@ class TeacherConfig:
     steps: int = 200
     batch_size: int = 16
     lr: float = 1e-5
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    seed: int = 0
     save_every: int = 50
-    resume: bool = False
-    stop_after: int | None = None
     evaluate: bool = True
     encode_batch_size: int = 64
     base_corpus_dir: str | None = None     # cache of the off-the-shelf teacher's corpus vectors (shareable)
     corpus_dir: str | None = None          # where the fine-tuned teacher's corpus vectors go (default:
     #                                        finetuned_corpus_dir(out_dir)); the index input
-    model_dir: str | None = None           # where the fine-tuned model goes (default: out_dir/model)
-
-
-def prepare(cfg: TeacherConfig):
-    """Data, corpus slice and pairs; raises before any model work on bad input."""
-    train = load_split("train", cfg.data_dir)
-    dev = load_split("dev", cfg.data_dir)
-    dev = subset_queries(dev, choose_queries(len(dev.query_ids), cfg.max_dev_queries, cfg.seed))
-    qsel = choose_queries(len(train.query_ids), cfg.max_train_queries, cfg.seed)
-    train = subset_queries(train, qsel)
-    # The slice keeps every train positive and every dev-judged product, so neither training nor the dev
-    # metrics lose a relevant item; random distractors fill it up to max_products.
-    positives = {d for rel in train.qrels.values() for d, r in rel.items() if r >= cfg.threshold}
-    rows = corpus_rows(train, positives | judged_ids(dev), cfg.max_products, cfg.seed)
-    train, dev = restrict(train, rows), restrict(dev, rows)
-    pairs = build_pairs(train, cfg.threshold)
-    return train, dev, pairs
+    backend: str = "torch"                 # "cpu": the C++ kernels for every no-grad pass (frozen bottom,
+    #                                        corpus encodings, dev checks; ~1.5x on CPU), the reference under
+    #                                        autograd; "torch": the reference everywhere
 
 
 def finetuned_corpus_dir(out_dir: str) -> str:
@@ -184,7 +161,7 @@ def train_teacher(cfg: TeacherConfig) -> dict:
     dist_utils.setup()
     train, dev, pairs = prepare(cfg)
     start = resume_or(cfg.teacher, cfg.out_dir, cfg.resume)
-    base = load_encoder(cfg.teacher, cfg.max_length, "teacher")
+    base = load_encoder(cfg.teacher, cfg.max_length, "teacher", cfg.backend)
     corpus_keys = text_keys(train.doc_texts)
     show = dist_utils.rank() == 0
 
@@ -211,7 +188,7 @@ def train_teacher(cfg: TeacherConfig) -> dict:
         qd = base.encode(dev.queries, batch_size=cfg.encode_batch_size)
         before = retrieval_quality(qd, doc_base, dev.query_ids, dev.doc_ids, dev.qrels, cfg.threshold)
 
-    enc = base if start == cfg.teacher else load_encoder(start, cfg.max_length, "teacher")
+    enc = base if start == cfg.teacher else load_encoder(start, cfg.max_length, "teacher", cfg.backend)
     freeze_below(enc, cfg.trainable_layers)
     if bottom is None and start != cfg.teacher:  # resumed: the frozen part is the off-the-shelf one
         bottom = _frozen_bottom(enc, cfg.trainable_layers, d_ids + q_ids, cfg.encode_batch_size, show)

@@ -34,8 +34,8 @@ def student(tmp_path_factory):
 
 
 def _cfg(student, teacher, out, **kw):
-    base = dict(student=student, teacher=teacher, out_dir=str(out), schedule=[(2, 128), (1, 64)], align_steps=2,
-                batch_size=16, align_lr=2e-3, warmup_steps=1, holdout=32, max_queries=None, max_length=32,
+    base = dict(student=student, teacher=teacher, out_dir=str(out), schedule=[(2, 128), (1, 64)], steps=2,
+                batch_size=16, lr=2e-3, warmup_steps=1, holdout=32, max_queries=None, max_length=32,
                 calibration_queries=48, evaluate=True, max_products=None, refine=True, refine_steps=1,
                 refine_batch_size=8, save_every=0)
     base.update(kw)

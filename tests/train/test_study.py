@@ -67,6 +67,7 @@ def _forbid(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a cached study recomputed something")
     import hlm_engine.train.align as align
+    import hlm_engine.train.demo  # noqa: F401  (imported before the patch: `from .embed import` binds names)
     import hlm_engine.train.embed as embed
     import hlm_engine.train.progressive as progressive
     import hlm_engine.train.refine as refine
