@@ -6,14 +6,14 @@ interpreter mode: set TRITON_INTERPRET=1 before that to run the kernels on CPU.
 """
 from __future__ import annotations
 
-from hlm_engine.kernels.add_layernorm import add_layernorm
-from hlm_engine.kernels.add_rmsnorm import add_rmsnorm
-from hlm_engine.kernels.attention import varlen_attention
-from hlm_engine.kernels.gelu_ffn import gelu_ffn
-from hlm_engine.kernels.linear import linear
-from hlm_engine.kernels.pool import pool
-from hlm_engine.kernels.qk_norm_rope import qk_norm_rope
-from hlm_engine.kernels.swiglu_ffn import swiglu_ffn
+from hlm_engine.kernels.add_layernorm import add_layernorm as _add_layernorm
+from hlm_engine.kernels.add_rmsnorm import add_rmsnorm as _add_rmsnorm
+from hlm_engine.kernels.attention import varlen_attention as _varlen_attention
+from hlm_engine.kernels.gelu_ffn import gelu_ffn as _gelu_ffn
+from hlm_engine.kernels.linear import linear as _linear
+from hlm_engine.kernels.pool import pool as _pool
+from hlm_engine.kernels.qk_norm_rope import qk_norm_rope as _qk_norm_rope
+from hlm_engine.kernels.swiglu_ffn import swiglu_ffn as _swiglu_ffn
 
 
 class TritonBackend:
@@ -21,32 +21,13 @@ class TritonBackend:
 
     @staticmethod
     def linear(x, w, b=None, activation="none"):
-        return linear(x, w, b, None, activation)
+        return _linear(x, w, b, None, activation)
 
-    @staticmethod
-    def varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, bias=None):
-        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal, scale, bias)
-
-    @staticmethod
-    def add_layernorm(x, residual, weight, bias, eps):
-        return add_layernorm(x, residual, weight, bias, eps)
-
-    @staticmethod
-    def add_rmsnorm(x, residual, weight, eps):
-        return add_rmsnorm(x, residual, weight, eps)
-
-    @staticmethod
-    def qk_norm_rope(q, k, q_w, k_w, positions, theta, eps):
-        return qk_norm_rope(q, k, q_w, k_w, positions, theta, eps)
-
-    @staticmethod
-    def swiglu_ffn(x, w_gate_up, w_down, residual=None):
-        return swiglu_ffn(x, w_gate_up, w_down, residual)
-
-    @staticmethod
-    def gelu_ffn(x, w1, b1, w2, b2, residual=None):
-        return gelu_ffn(x, w1, b1, w2, b2, residual)
-
-    @staticmethod
-    def pool(hidden, cu_seqlens, mode, dim=None, normalize=True):
-        return pool(hidden, cu_seqlens, mode, dim, normalize)
+    # The launchers take the ops' arguments in the same order.
+    varlen_attention = staticmethod(_varlen_attention)
+    add_layernorm = staticmethod(_add_layernorm)
+    add_rmsnorm = staticmethod(_add_rmsnorm)
+    qk_norm_rope = staticmethod(_qk_norm_rope)
+    swiglu_ffn = staticmethod(_swiglu_ffn)
+    gelu_ffn = staticmethod(_gelu_ffn)
+    pool = staticmethod(_pool)
