@@ -28,7 +28,7 @@ demo: models
 	$(PY) -m hlm_engine.train.demo $(DEMO_ARGS)
 
 # The whole recipe on the whole catalogue (teacher fine-tune, every product encoded, align, refine, prune to
-# 2 layers, the direct baseline), evaluated on every dev query over every product: <= 75 min on 2 idle cores.
+# 2 layers, the direct baseline), evaluated on every dev query over every product: 78 min on 2 idle cores.
 # Resumable and cached under runs/reproduce (fixed places: teacher/ corpus/ index/ student/ student-pruned/).
 # Writes bench/results/reproduction.json and reproduction.md.
 reproduce: models

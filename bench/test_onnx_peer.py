@@ -14,7 +14,8 @@ thread count (a 170 MB torch.sum), cos of every system's embeddings vs our fp32 
 PyTorch reference forward, tokenization's own p50 (its share of a query); and, for int8 (and bf16) query
 encoders, Recall@100 on the dev split over the full catalogue against fp32 query vectors, the products
 indexed once in fp32 (the offline side): for every student in HLM_BENCH_STUDENTS (default "minilm"; a folder
-with a projection head is indexed with the teacher HLM_BENCH_TEACHER, default "mpnet", else with itself).
+with a projection head is indexed with the teacher HLM_BENCH_TEACHER, default "mpnet", else with itself, or
+with the corpus encoding HLM_BENCH_CORPUS names, e.g. runs/reproduce/corpus for runs/reproduce/student{,-pruned}).
 Product vectors are cached under ~/.cache/hlm/bench.
 Targets (issue 16): fp32 p50 <= 0.75x ORT fp32 at 1 and 2 threads and batch-64 >= 1.3x ORT fp32 with cos >=
 0.99999 vs the reference; bf16 p50 <= 0.5x ORT fp32 with cos >= 0.9999 vs fp32; int8 faster than ORT int8
@@ -40,6 +41,7 @@ import torch
 from hlm_engine import Encoder
 from hlm_engine.hub import resolve
 from hlm_engine.ops.cpu import native
+from hlm_engine.retrieval.corpus import load_embeddings
 from hlm_engine.retrieval.data import load_homedepot
 from hlm_engine.retrieval.eval import compute_metrics
 from hlm_engine.retrieval.index.exact import exact_topk
@@ -265,7 +267,17 @@ def table(row: dict) -> str:
 
 
 def _catalogue(model: str, dev) -> np.ndarray:
-    """fp32 product vectors of the whole catalogue by `model` (native fp32, cached by folder and size)."""
+    """fp32 product vectors of the whole catalogue by `model` (native fp32, cached by folder and size), or
+    the corpus encoding in $HLM_BENCH_CORPUS (e.g. runs/reproduce/corpus, the fine-tuned teacher's index input:
+    its students are measured against the index they search)."""
+    if os.environ.get("HLM_BENCH_CORPUS"):
+        ids, vecs = load_embeddings(os.environ["HLM_BENCH_CORPUS"])
+        row = {d: i for i, d in enumerate(ids)}
+        missing = [d for d in dev.doc_ids if d not in row]
+        if missing:
+            raise ValueError(f"HLM_BENCH_CORPUS={os.environ['HLM_BENCH_CORPUS']} lacks {len(missing)} catalogue "
+                             f"products (e.g. {missing[0]})")
+        return np.asarray(vecs[[row[d] for d in dev.doc_ids]], dtype=np.float32)
     folder = resolve(model)
     key = hashlib.sha1(f"{os.path.abspath(folder)}|{len(dev.doc_ids)}|{dev.doc_ids[-1]}".encode()).hexdigest()[:12]
     path = os.path.join(CACHE, f"catalogue-{os.path.basename(folder.rstrip('/'))}-{key}.npy")

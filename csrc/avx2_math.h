@@ -1,6 +1,6 @@
-// Vector math shared by the CPU kernels (packed_gemm.cpp, cpu_attention.cpp, native_forward.cpp): AVX2/FMA code selected per
-// function by target attributes, so the translation units build for the baseline ISA and the callers
-// choose at run time (`__builtin_cpu_supports`).
+// Vector math shared by the CPU kernels (packed_gemm.cpp, int8_gemm.cpp, cpu_attention.cpp, native_forward.cpp):
+// AVX2/FMA code selected per function by target attributes, so the translation units build for the baseline ISA
+// and the callers choose at run time (`__builtin_cpu_supports`).
 #pragma once
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -76,6 +76,25 @@ HLM_AVX2 inline __m256 silu(__m256 x) {
 }
 
 // Horizontal sum / max of the 8 lanes.
+// The epilogue of a 16-column output tile row (packed_gemm.cpp, int8_gemm.cpp): GELU when asked, on registers
+// (no second pass over y), then the row's ncols <= 16 columns; a partial (zero-padded) last panel stores only
+// its real columns.
+HLM_AVX2 inline void store_row16(float* y, __m256 v0, __m256 v1, bool apply_gelu, int ncols) {
+  if (apply_gelu) {
+    v0 = gelu(v0);
+    v1 = gelu(v1);
+  }
+  if (ncols == 16) {
+    _mm256_storeu_ps(y, v0);
+    _mm256_storeu_ps(y + 8, v1);
+    return;
+  }
+  alignas(32) float tmp[16];
+  _mm256_store_ps(tmp, v0);
+  _mm256_store_ps(tmp + 8, v1);
+  __builtin_memcpy(y, tmp, ncols * sizeof(float));
+}
+
 HLM_AVX2 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -8,9 +8,12 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "cpu_attention.h"
 #include "cpu_layernorm.h"
+#include "packed_gemm.h"
 #include "small_gemm.h"
 
 namespace py = pybind11;
@@ -54,6 +57,30 @@ PYBIND11_MODULE(_cpu_kernels, m) {
       },
       py::arg("x"), py::arg("rows"), py::arg("k"), py::arg("ldx"), py::arg("packed"), py::arg("n"),
       py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("gelu"), py::call_guard<py::gil_scoped_release>());
+
+  // ---------------------------------------------------------------- one packed linear (tests, benchmarks)
+  py::class_<hlm::PackedLinear>(m, "PackedLinear",
+                                "One linear packed in fp32 | bf16 | int8 (packed_gemm.h), as the native forward "
+                                "runs it: tests and benchmarks of the formats' kernels.")
+      .def(py::init([](uintptr_t w, int64_t n, int64_t k, uintptr_t bias, const std::string& fmt) {
+             return hlm::PackedLinear(ptr<const float>(w), n, k, ptr_or_null<const float>(bias),
+                                      hlm::parse_weight_format(fmt));
+           }),
+           py::arg("w"), py::arg("n"), py::arg("k"), py::arg("bias"), py::arg("format"))
+      .def_property_readonly("panels", &hlm::PackedLinear::panels)
+      .def("integer_path", &hlm::PackedLinear::integer_path, py::arg("m"),
+           "True where run() on m rows takes the int8 integer path (int8_gemm.h).")
+      .def(
+          "run",
+          [](const hlm::PackedLinear& self, uintptr_t x, int64_t m, int64_t ldx, uintptr_t y, int64_t ldy, bool gelu,
+             int64_t p0, int64_t p1) {
+            std::vector<float> scratch(hlm::dequant_scratch_floats(self.k()));
+            self.run(ptr<const float>(x), m, ldx, ptr<float>(y), ldy, gelu ? hlm::Act::kGelu : hlm::Act::kNone, p0,
+                     p1, scratch.data());
+          },
+          "y[0:m, columns of panels [p0, p1)] = act(x @ W^T + b) on the calling thread.", py::arg("x"), py::arg("m"),
+          py::arg("ldx"), py::arg("y"), py::arg("ldy"), py::arg("gelu"), py::arg("p0"), py::arg("p1"),
+          py::call_guard<py::gil_scoped_release>());
 
   // ---------------------------------------------------------------- packed attention
   m.def(

@@ -15,6 +15,7 @@
 #include "avx2_math.h"
 #include "cpu_attention.h"
 #include "cpu_layernorm.h"
+#include "int8_gemm.h"
 #include "native_internal.h"
 
 namespace hlm {
@@ -241,13 +242,25 @@ void NativeEncoder::embed(Ctx& c) const {
 void NativeEncoder::gemm(Ctx& c, const PackedLinear& w, const float* x, int64_t m, int64_t ldx, float* y,
                          int64_t ldy, Act act) const {
   const int64_t panels = w.panels();
-  if (c.pool == nullptr || panels < 2) return w.run(x, m, ldx, y, ldy, act, 0, panels, c.s.per_thread[0].data());
+  const int16_t* q = nullptr;
+  const float* rs = nullptr;
+  if (w.integer_path(m)) {  // int8 weights at many rows: x quantised to int16 once, for every panel range
+    const int64_t ld = quant_ld(w.k());
+    grow(c.s.xq, m * ld), grow(c.s.x_scale, m);
+    int16_t* qw = c.s.xq.data();
+    float* rw = c.s.x_scale.data();
+    c.rows(m, [&](int64_t r0, int64_t r1) { quantize_rows(x + r0 * ldx, r1 - r0, ldx, w.k(), qw + r0 * ld, rw + r0); });
+    q = qw, rs = rw;
+  }
+  const auto run = [&](int64_t p0, int64_t p1, int thread) {
+    if (q != nullptr) return w.run_quantized(q, rs, m, y, ldy, act, p0, p1);
+    w.run(x, m, ldx, y, ldy, act, p0, p1, c.s.per_thread[thread].data());
+  };
+  if (c.pool == nullptr || panels < 2) return run(0, panels, 0);
   // Each thread streams its own contiguous runs of panels: the weight bytes split over the cores. A few
   // chunks per thread, claimed as the threads come free, so a descheduled worker cannot stall the call.
   const int chunks = static_cast<int>(std::min<int64_t>(panels, kChunksPerThread * c.n));
-  c.pool->run(chunks, [&](int i, int thread) {
-    w.run(x, m, ldx, y, ldy, act, panels * i / chunks, panels * (i + 1) / chunks, c.s.per_thread[thread].data());
-  });
+  c.pool->run(chunks, [&](int i, int thread) { run(panels * i / chunks, panels * (i + 1) / chunks, thread); });
 }
 
 void NativeEncoder::attention(Ctx& c, float* qkv, float* out) const {

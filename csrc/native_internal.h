@@ -1,6 +1,7 @@
 // NativeEncoder's private types, shared by its load (native_encoder.cpp) and forward (native_forward.cpp).
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -39,6 +40,8 @@ struct NativeEncoder::Scratch {
   std::vector<float> proj;    // [B, output_dim]
   std::vector<int32_t> cu;    // cu_seqlens as the attention kernel reads them
   std::vector<int64_t> pos;   // positions (given or derived)
+  std::vector<int16_t> xq;     // int8 weights at many rows: a GEMM's input quantised to int16 (int8_gemm.h)
+  std::vector<float> x_scale;  // ... and its row scales
   std::vector<std::vector<float>> per_thread;     // attention + dequantisation scratch of each thread
 };
 

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "avx2_math.h"
+#include "int8_gemm.h"
 
 namespace hlm {
 
@@ -135,19 +136,7 @@ HLM_AVX2 void tile(const float* x, int64_t ldx, const T* p, int64_t k, float* y,
     }
     v0 = _mm256_fmadd_ps(v0, s0, bias0);  // scale 1 (exact) outside int8
     v1 = _mm256_fmadd_ps(v1, s1, bias1);
-    if (act == Act::kGelu) {  // the epilogue, on registers: no second pass over y
-      v0 = gelu(v0);
-      v1 = gelu(v1);
-    }
-    float* yi = y + i * ldy;
-    if (ncols == kPanel) {
-      _mm256_storeu_ps(yi, v0);
-      _mm256_storeu_ps(yi + 8, v1);
-    } else {  // the zero-padded last panel: store only the real columns
-      _mm256_store_ps(tmp, v0);
-      _mm256_store_ps(tmp + 8, v1);
-      std::memcpy(yi, tmp, ncols * sizeof(float));
-    }
+    store_row16(y + i * ldy, v0, v1, act == Act::kGelu, ncols);
   }
 }
 
@@ -273,7 +262,12 @@ void run_job(const Job& j, WeightFormat fmt, int64_t p0, int64_t p1, float* scra
   switch (fmt) {
     case WeightFormat::kF32: return run_panels<float>(j, p0, p1, scratch);
     case WeightFormat::kBF16: return run_panels<uint16_t>(j, p0, p1, scratch);
-    case WeightFormat::kI8: return run_panels<int8_t>(j, p0, p1, scratch);
+    case WeightFormat::kI8:  // from kIntRows rows the arithmetic binds: integer multiply-adds (int8_gemm.h)
+      if (int8_gemm_applies(j.m, j.k)) {
+        return gemm_i8_i16(j.x, j.m, j.k, j.ldx, static_cast<const int8_t*>(j.packed), j.scales, j.n, j.bias, j.y,
+                           j.ldy, j.act, p0, p1);
+      }
+      return run_panels<int8_t>(j, p0, p1, scratch);
   }
 }
 
@@ -366,6 +360,15 @@ void PackedLinear::run(const float* x, int64_t m, int64_t ldx, float* y, int64_t
                        int64_t p1, float* scratch) const {
   const Job j{x, m, k_, ldx, data_.get(), scales_.get(), n_, bias_.get(), y, ldy, act};
   run_job(j, fmt_, std::max<int64_t>(p0, 0), std::min(p1, panels()), scratch);
+}
+
+bool PackedLinear::integer_path(int64_t m) const { return fmt_ == WeightFormat::kI8 && int8_gemm_applies(m, k_); }
+
+void PackedLinear::run_quantized(const int16_t* q, const float* row_scale, int64_t m, float* y, int64_t ldy, Act act,
+                                 int64_t p0, int64_t p1) const {
+  if (fmt_ != WeightFormat::kI8) throw std::invalid_argument("PackedLinear::run_quantized: int8 weights only");
+  gemm_i8_i16_quantized(q, row_scale, m, k_, reinterpret_cast<const int8_t*>(data_.get()), scales_.get(), n_,
+                        bias_.get(), y, ldy, act, std::max<int64_t>(p0, 0), std::min(p1, panels()));
 }
 
 int64_t dequant_scratch_floats(int64_t k) { return std::min(k, kChunk) * kPanel; }

@@ -6,7 +6,9 @@
 // is tuned for big M and reaches ~30% of one core's DRAM stream at that shape; here the weight stream is
 // one sequential, prefetch-friendly read and each 64-byte line feeds up to 6 rows x 16 columns of FMAs.
 // Storing the weights in bf16 or int8 halves or quarters the bytes per query: they are widened to fp32 in
-// registers, so the arithmetic (fp32 FMAs on fp32 activations) is the same in every format.
+// registers, so the arithmetic (fp32 FMAs on fp32 activations) is the same in every format. The exception:
+// int8 weights on 8 rows or more (compute-bound) run on integer multiply-adds over int16-quantised
+// activations instead (int8_gemm.h, ~1.5x the fp32 rate on Zen 3).
 //
 // Packed layout: panel p holds output columns [16p, 16p+16) as K consecutive rows of 16 weights;
 //   fp32: packed[(p*K + k)*16 + j] = W[16p + j, k]   (the last panel zero-padded)
@@ -53,6 +55,13 @@ class PackedLinear {
   // several row tiles be widened once into fp32 instead of once per tile. Runs on the calling thread.
   void run(const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, Act act, int64_t p0, int64_t p1,
            float* scratch) const;
+
+  // int8 weights at m >= kIntRows (int8_gemm.h) run on integer multiply-adds over x quantised per row to
+  // int16; run() quantises x itself, once per call. A caller splitting one GEMM's panels over threads can
+  // quantise x once (quantize_rows, int8_gemm.h) and run each range on the shared rows:
+  bool integer_path(int64_t m) const;
+  void run_quantized(const int16_t* q, const float* row_scale, int64_t m, float* y, int64_t ldy, Act act,
+                     int64_t p0, int64_t p1) const;
 
  private:
   struct Free {

@@ -173,7 +173,8 @@ def main(argv=None) -> int:
     lq = a.log_queries or "all"
     alog = phase("align", train_align, AlignConfig(
         student=a.student, teacher=teacher_folder, data_dir=ddir, max_queries=a.log_queries,
-        steps=a.align_steps, lr=a.align_lr, targets_dir=os.path.join(w, f"log-targets-{tag}-q{lq}"),
+        exclude_queries="dev",  # the log holds every dev query: the table measures on queries never trained on
+        steps=a.align_steps, lr=a.align_lr, targets_dir=os.path.join(w, f"log-targets-{tag}-q{lq}-xdev"),
         extra_texts_file=None if a.no_align_titles else write_texts_tsv(
             os.path.join(w, f"titles-{sl}.tsv"), train.doc_ids, train.doc_texts),
         extra_targets_dir=None if a.no_align_titles else corpus_dir))

@@ -54,6 +54,8 @@ class ProgressiveConfig(Slice, Optim):
     # (num_layers, ffn_width) per step toward the target; ffn_width None keeps each layer's width.
     schedule: list = field(default_factory=lambda: [(4, 1536), (3, 1024), (2, 1024)])
     steps: int = 300                        # re-alignment budget after each pruning step
+    final_steps: int | None = None          # ... after the last one (None: steps): the shape that ships gets
+    #                                         the long re-alignment, the intermediate shapes only a short one
     initial_align_steps: int | None = None  # aligning an unaligned student first (None: steps)
     batch_size: int = 64
     warmup_steps: int = 25
@@ -295,7 +297,8 @@ def run_progressive(cfg: ProgressiveConfig) -> dict:
         else:
             info = _prune_step(cfg, parent, queries, n_layers, width, pruned_dir)
             write_json(info_path, info)
-        log = train_align(_align_cfg(cfg, pruned_dir, os.path.join(d, "align"), cfg.steps))
+        budget = cfg.final_steps if (k == len(cfg.schedule) and cfg.final_steps) else cfg.steps
+        log = train_align(_align_cfg(cfg, pruned_dir, os.path.join(d, "align"), budget))
         model = os.path.join(d, "align", "model")
         entry = {"step": k, "name": f"step{k}", "target": [n_layers, width], "parent": parent, **info,
                  "distance_pruned": log["distance_before"], "align_loss_last10": log["loss_last10"], "model": model}

@@ -47,10 +47,10 @@ from .reproduce_report import Quality, publish, time_table
 from .runner import phase_key, run_phase
 from .teacher import TeacherConfig, finetuned_queries_dir, prepare, train_teacher
 
-# Sized for <= 75 min on 2 idle cores (see bench/results/reproduction.json for the measured phases).
+# 78 min from a fresh work dir on 2 idle cores (bench/results/reproduction.json has the measured phases).
 RECIPE = dict(products=None, train_queries=None, dev_queries=None, log_queries=10000, teacher_steps=150,
-              align_steps=600, align_lr=4e-4, refine_steps=300, prune_schedule="4x1536,3x1024,2x1024",
-              prune_align_steps=150, prune_refine_steps=150, eval_every=100)
+              align_steps=1200, align_lr=4e-4, refine_steps=300, prune_schedule="4x1536,3x1024,2x1024",
+              prune_align_steps=150, prune_final_align_steps=600, prune_refine_steps=150, eval_every=200)
 EXCLUDE = "dev,train"  # dev: held out; train: aligned on through their cached teacher vectors instead
 
 
@@ -69,6 +69,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--refine-steps", type=int, help=f"refine and baseline steps (default {RECIPE['refine_steps']})")
     ap.add_argument("--prune-schedule", help=f"LAYERSxFFN steps (default {RECIPE['prune_schedule']}; '' = no pruning)")
     ap.add_argument("--prune-align-steps", type=int, help="re-alignment steps after each cut")
+    ap.add_argument("--prune-final-align-steps", type=int,
+                    help="re-alignment steps after the last cut (the shipped shape; default "
+                         f"{RECIPE['prune_final_align_steps']})")
     ap.add_argument("--prune-refine-steps", type=int, help="refine steps of the pruned student")
     ap.add_argument("--eval-every", type=int, help="dev quality every N alignment steps (0 = off)")
     ap.add_argument("--no-baseline", action="store_true", help="skip direct asymmetric fine-tuning")
@@ -221,7 +224,8 @@ def main(argv=None, args=None) -> int:
     if a.prune_schedule:
         logs["prune"] = plog = phase("prune", run_progressive, ProgressiveConfig(
             student=refined, teacher=teacher, data_dir=ddir, schedule=parse_schedule(a.prune_schedule),
-            steps=a.prune_align_steps, lr=a.align_lr, max_products=a.products, max_train_queries=a.train_queries,
+            steps=a.prune_align_steps, final_steps=a.prune_final_align_steps, lr=a.align_lr,
+            max_products=a.products, max_train_queries=a.train_queries,
             refine=True, refine_steps=a.prune_refine_steps, refine_doc_embeddings=corpus_dir,
             refine_query_targets_dir=q_targets, model_dir=os.path.join(root, "student-pruned"), **log_kw))
         copy_model(plog["final_model"], os.path.join(root, "student-pruned"))  # a cached run left it elsewhere

@@ -172,7 +172,8 @@ class Study:
         from .align import AlignConfig, load_queries
         d = self._log_targets_path
         queries, _ = load_queries(AlignConfig(data_dir=self.data_dir, max_queries=self.s.log_queries,
-                                              holdout=self.s.holdout, seed=self.s.seed))
+                                              holdout=self.s.holdout, seed=self.s.seed,
+                                              exclude_queries=self.s.exclude_queries or None))
         self._shared_encode("log query targets", queries, d)
         return d
 
@@ -208,14 +209,25 @@ class Study:
         rec = self._phase("build", build_qwen3_student, spec)
         return rec["model"], rec
 
+    @cached_property
+    def titles_file(self) -> str:
+        """Every product title as an (id, text) TSV: alignment text whose teacher vectors are the corpus's."""
+        from .common import write_texts_tsv
+        train = self.data[0]
+        return write_texts_tsv(self._path("cache", f"slice-{self.slice_key}", "titles.tsv"), train.doc_ids,
+                               train.doc_texts)
+
     def _align(self, c: Cell, student: str) -> dict:
         from .align import AlignConfig, train_align
+        titles = dict(extra_texts_file=self.titles_file, extra_targets_dir=self.corpus_dir) if c.align_on_titles \
+            else {}
         return self._phase("align", train_align, AlignConfig(
             student=student, teacher=self.teacher[0], data_dir=self.data_dir,
             targets_dir=self._log_targets_path, max_queries=self.s.log_queries, holdout=self.s.holdout,
+            exclude_queries=self.s.exclude_queries or None,
             max_length=self.s.max_length, loss=c.objective, steps=c.align_steps, batch_size=c.align_batch_size,
-            lr=c.align_lr, warmup_steps=min(25, c.align_steps // 10), seed=self.s.seed),
-            needs=("log_targets_dir",))
+            lr=c.align_lr, warmup_steps=min(25, c.align_steps // 10), seed=self.s.seed, **titles),
+            needs=("log_targets_dir", "docs") if c.align_on_titles else ("log_targets_dir",))
 
     def _prune_step(self, c: Cell, parent: dict, target: tuple) -> dict:
         """One progressive step (score -> slice -> ℓ2 re-align) as its own cached phase, so schedules that
@@ -224,7 +236,7 @@ class Study:
         return self._phase("prune", run_progressive, ProgressiveConfig(
             student=parent["model"], teacher=self.teacher[0], data_dir=self.data_dir, schedule=[target],
             steps=c.prune_align_steps, lr=c.align_lr, batch_size=c.align_batch_size, max_queries=self.s.log_queries,
-            holdout=self.s.holdout, max_length=self.s.max_length, calibration_queries=self.s.calibration_queries,
+            holdout=self.s.holdout, exclude_queries=self.s.exclude_queries or None, max_length=self.s.max_length, calibration_queries=self.s.calibration_queries,
             skip_loss=False, evaluate=False, seed=self.s.seed, targets_dir=self._log_targets_path),
             needs=("log_targets_dir",))
 

@@ -34,6 +34,8 @@ class StudySettings:
     dev_queries: int | None = None      # dev queries measured (seeded subset)
     log_queries: int | None = 8000      # unlabeled log queries for alignment (after the holdout)
     holdout: int = 512                  # log queries kept out of alignment (distance to the teacher)
+    exclude_queries: str = "dev"        # Home Depot splits whose queries leave the log: the log holds every
+                                        # dev query, and a cell measured on dev must never have trained on them
     threshold: float = 2.67             # relevant = grade >= threshold
     max_length: int = 64                # tokens per query/title
     seed: int = 0
@@ -49,7 +51,7 @@ class StudySettings:
     def result_key(self) -> dict:
         """The settings a cell's quality depends on (not thread counts or speed settings)."""
         keep = ("teacher", "data_dir", "products", "train_queries", "dev_queries", "log_queries", "holdout",
-                "threshold", "max_length", "seed", "calibration_queries")
+                "exclude_queries", "threshold", "max_length", "seed", "calibration_queries")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -62,6 +64,8 @@ class Cell:
     align_steps: int = 400
     align_lr: float = 1e-4
     align_batch_size: int = 64
+    align_on_titles: bool = False       # also align on every product title (their teacher vectors are the
+    #                                     index input: no extra teacher pass), as `make reproduce` does
     refine: bool = False                # InfoNCE refinement against the frozen teacher product vectors
     refine_steps: int = 200
     refine_lr: float = 2e-5
@@ -92,6 +96,8 @@ class Cell:
             d = {k: v for k, v in d.items() if not k.startswith("refine_") and k != "num_negatives"}
         if not self.prune:
             d.pop("prune_align_steps")
+        if not self.align_on_titles:  # cells from before the option keep their cached phases
+            d.pop("align_on_titles")
         return d
 
 

@@ -123,3 +123,12 @@ def test_progressive_realigns_on_corpus_titles(student, tiny_models, tmp_path):
     assert log["extra_texts"] == state["teacher"]["products"]
     with pytest.raises(ValueError, match="align_on_titles needs evaluate"):
         run_progressive(_cfg(student, tiny_models["teacher"], tmp_path / "u", evaluate=False, align_on_titles=True))
+
+
+def test_final_step_gets_its_own_realignment_budget(student, tiny_models, tmp_path):
+    """`final_steps`: the shape that ships is re-aligned longer than the intermediate ones."""
+    state = run_progressive(_cfg(student, tiny_models["teacher"], tmp_path / "f", steps=2, final_steps=3,
+                                 refine=False, evaluate=False))
+    assert state["finished"]
+    done = [json.load(open(tmp_path / "f" / f"step{k}" / "align" / "run_log.json"))["steps_done"] for k in (1, 2)]
+    assert done == [2, 3]

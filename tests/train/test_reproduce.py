@@ -17,7 +17,7 @@ def _argv(tiny, root, publish):
     return ["--work-dir", str(root), "--teacher", tiny["teacher"], "--student", tiny["student"],
             "--teacher-steps", "3", "--align-steps", "4", "--align-lr", "2e-3", "--refine-steps", "2",
             "--log-queries", "120", "--prune-schedule", "1x64", "--prune-align-steps", "2",
-            "--prune-refine-steps", "1", "--eval-every", "2", "--publish", str(publish)]
+            "--prune-final-align-steps", "3", "--prune-refine-steps", "1", "--eval-every", "2", "--publish", str(publish)]
 
 
 def _markers(root):

@@ -10,13 +10,16 @@ call, over the unpadded batch, on `threads` cores (its own std::thread pool spli
 
 weights = "fp32" (default: the reference's embeddings, cos >= 0.99999) | "bf16" (weights rounded to bf16,
 widened in registers, fp32 accumulation: cos >= 0.9999) | "int8" (per-output-channel symmetric scales,
-fp32 activations and accumulation: min cos >= 0.99). The embedding tables stay fp32 (a forward reads only
-its tokens' rows); every linear (QKV, output, FFN, projection head) is stored in the chosen format.
-Why int8 keeps fp32 activations: on MiniLM over 400 dev queries, int8 weights alone give min cos 0.9988 vs
-fp32; adding dynamic per-token int8 activations (what integer dot products would need) drops it to 0.9923
-(7-bit activations, which AVX2's saturating u8 x s8 products force without VNNI: 0.9855; ONNX Runtime's
-per-tensor dynamic quantisation: 0.917), while what bounds an fp32 batch-1 query is the weight bytes it
-streams, which int8 weights already quarter (past that, the fp32 FMAs of one core bound it).
+min cos >= 0.99). The embedding tables stay fp32 (a forward reads only its tokens' rows); every linear (QKV,
+output, FFN, projection head) is stored in the chosen format.
+Why int8 keeps (nearly) exact activations: on MiniLM over 400 dev queries, int8 weights alone give min cos
+0.9988 vs fp32; adding dynamic per-token int8 activations drops it to 0.9923 (7-bit activations, which
+AVX2's saturating u8 x s8 products force without VNNI: 0.9855; ONNX Runtime's per-tensor dynamic
+quantisation: 0.917). Below 8 token rows (one register tile: the weight bytes a short query streams, which
+int8 quarters, bound it) the weights are widened to fp32 in registers for fp32 FMAs on fp32 activations; from
+8 rows the arithmetic binds, so the activations are quantised per row to int16 (a K-dependent range that
+cannot overflow int32 sums, 12-15 bits: cos ~1 - 2e-7 vs fp32 activations) for integer multiply-adds at ~1.5x
+the fp32 rate (csrc/int8_gemm.h).
 
 The native encoder is a snapshot of the weights at build time (packed copies; the embedding tables are
 borrowed): rebuild it after training. The PyTorch model stays the oracle and the fallback: where the
