@@ -245,7 +245,16 @@ def test_onnx_peer(benchmark, threads, base, natives, peers, dev, machine_info, 
 
 
 def _write(write_result, machine_info) -> str:
-    return write_result("onnx_peer", {"model": MODEL, "machine": machine_info(), "targets": TARGETS, **_result})
+    """This run's rows and recalls over the published file's: a recall-only run (-k recall) keeps the timings."""
+    old = os.path.join(HERE, "results", "onnx_peer.json")
+    merged = {"rows": {}, "recall": {}}
+    if os.path.exists(old):
+        with open(old) as f:
+            prev = json.load(f)
+        merged = {k: dict(prev.get(k) or {}) for k in merged}
+    for k in merged:
+        merged[k].update(_result[k])
+    return write_result("onnx_peer", {"model": MODEL, "machine": machine_info(), "targets": TARGETS, **merged})
 
 
 def table(row: dict) -> str:

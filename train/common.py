@@ -26,6 +26,16 @@ def load_encoder(name_or_path: str, max_length: int | None = None, role: str = "
     return enc
 
 
+def fast_backend() -> str:
+    """"cpu" (our C++ kernels: for no-grad passes such as a teacher's frozen bottom and corpus encodings,
+    and the served model) when the extension is built, else the reference."""
+    from hlm_engine import ops
+    try:
+        return ops.resolve_backend("cpu", torch.device("cpu"))
+    except RuntimeError:
+        return "torch"
+
+
 def check_tokenizer(enc: Encoder, role: str) -> None:
     """Every id the tokenizer can emit must index the model's embedding table (else a mid-run IndexError)."""
     tv, mv = enc.tokenizer.vocab_size, enc.config.vocab_size

@@ -27,7 +27,7 @@ from hlm_engine.retrieval.eval import format_table, recovery
 from hlm_engine.io import sha256_json, write_json
 
 from .align import AlignConfig, train_align
-from .common import check_folder, load_encoder, write_texts_tsv
+from .common import check_folder, fast_backend, load_encoder, write_texts_tsv
 from .data import DEFAULT_THRESHOLD
 from .embed import cached_encode, retrieval_quality
 from .refine import RefineConfig, train_refine
@@ -195,7 +195,8 @@ def main(argv=None) -> int:
 
     # 5. the deployed path: aligned+refined student behind the engine, querying the ANN index.
     from .serve_check import serve_queries
-    served = serve_queries(index_dir, load_encoder(refine_model), dev.query_ids,
+    # ... on the backend CPU inference gets by default (our kernels when built), not the training reference.
+    served = serve_queries(index_dir, load_encoder(refine_model, backend=fast_backend()), dev.query_ids,
                            dev.queries, dev.qrels, a.threshold)
     rows[f"served: engine + {served['index_kind']} index"] = served["metrics"]
 

@@ -37,7 +37,7 @@ from hlm_engine.retrieval.index import build_index_from_embeddings_dir
 # Imported here, not lazily: a long run must not pick up files edited while it runs.
 from . import mining, prune, serve_check  # noqa: F401
 from .align import AlignConfig, train_align
-from .common import check_folder, copy_model, write_texts_tsv
+from .common import check_folder, copy_model, fast_backend, write_texts_tsv
 from .data import DEFAULT_THRESHOLD
 from .demo import teacher_recipe
 from .embed import cached_encode
@@ -92,18 +92,6 @@ def fill(a):
         if getattr(a, k) is None:
             setattr(a, k, v)
     return a
-
-
-def fast_backend() -> str:
-    """"cpu" (our C++ kernels for the teacher's no-grad passes: the frozen bottom and the corpus encodings
-    are most of this run) when the extension is built, else the reference."""
-    import torch
-
-    from hlm_engine import ops
-    try:
-        return ops.resolve_backend("cpu", torch.device("cpu"))
-    except RuntimeError:
-        return "torch"
 
 
 def _fresh_teacher_places(root: str, key: str) -> None:
