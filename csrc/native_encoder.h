@@ -6,7 +6,8 @@
 // RMSNorm, the FFN with its fused activation, Qwen3's q/k RMSNorm + RoPE, pooling, the folded projection
 // head and the L2 normalisation -- runs in C++ on the unpadded (cu_seqlens) batch, validated once at load.
 // With threads > 1 every GEMM's output panels (and attention's heads, norms' rows) are split over a pool
-// owned by this encoder, so one query streams its weights through several cores' memory bandwidth.
+// owned by this encoder, so one query streams its weights through several cores' memory bandwidth; a batch
+// of many token rows (>= 96 per thread) is split by texts instead, each thread running whole forwards.
 //
 // Same math as the PyTorch reference (hlm_engine/models/bert.py, qwen3.py; kernels/*_ref), which stays the
 // oracle: fp32 weights give the reference's embeddings (cos >= 0.99999); bf16 / int8 weights (packed_gemm.h)
@@ -85,6 +86,9 @@ class NativeEncoder {
  private:
   struct Ctx;  // one call's view: scratch, pool, thread count
 
+  // One forward on `threads` threads of `pool` (null: the calling thread only), inputs already checked.
+  void run(const int64_t* ids, const int64_t* positions, int64_t tokens, const int64_t* cu_seqlens, int64_t batch,
+           float* out, int64_t dim, bool normalize, ThreadPool* pool, int threads) const;
   void check_inputs(const int64_t* ids, const int64_t* positions, int64_t tokens, const int64_t* cu,
                     int64_t batch, int64_t dim) const;
   void embed(Ctx& c) const;

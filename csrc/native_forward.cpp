@@ -9,6 +9,7 @@
 // then pooling (mean / cls / last), the projection head, Matryoshka truncation and L2 normalisation.
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -26,6 +27,9 @@ namespace {
 // than paying a hand-off. GEMMs (the time) and attention are always split.
 constexpr int64_t kParallelRows = 16;
 constexpr int64_t kChunksPerThread = 4;  // GEMM panel runs per thread
+// Token rows per thread from which a multi-threaded forward splits the batch's texts over the threads
+// instead of each op's columns (NativeEncoder::forward).
+constexpr int64_t kSplitRows = 96;
 
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("NativeEncoder.forward: " + what); }
 
@@ -149,6 +153,40 @@ void NativeEncoder::forward(const int64_t* ids, const int64_t* positions, int64_
       if (p != nullptr) p->release();
     }
   } release{owned ? pool.get() : nullptr};
+  const int n = owned ? pool->size() : 1;
+  if (n == 1 || batch < n || tokens < n * kSplitRows) {
+    return run(ids, positions, tokens, cu_seqlens, batch, out, dim, normalize, owned ? pool.get() : nullptr, n);
+  }
+  // Many rows: each thread runs whole forwards on its own contiguous group of texts (about tokens / n rows
+  // each), instead of every op splitting its columns. No hand-off per op (~60 per MPNet forward), each
+  // thread's activations stay in its own core's caches: measured on 2 Zen 3 cores, MPNet on 64 titles
+  // (~1,200 rows) 1.2x the split-columns speed. Few rows (a short query) keep the column split, which
+  // streams the weights through both cores once.
+  std::vector<int64_t> cut(n + 1, batch);
+  cut[0] = 0;
+  for (int g = 1, b = 0; g < n; ++g) {  // the first text whose start passes g / n of the tokens
+    while (b < batch && cu_seqlens[b] * n < tokens * g) ++b;
+    cut[g] = std::max(cut[g - 1] + 1, std::min<int64_t>(b, batch - (n - g)));
+  }
+  std::vector<std::exception_ptr> errors(n);
+  pool->run(n, [&](int g, int) {
+    try {
+      const int64_t b0 = cut[g], b1 = cut[g + 1], t0 = cu_seqlens[b0];
+      std::vector<int64_t> cu(cu_seqlens + b0, cu_seqlens + b1 + 1);
+      for (int64_t& v : cu) v -= t0;
+      run(ids + t0, positions ? positions + t0 : nullptr, cu_seqlens[b1] - t0, cu.data(), b1 - b0, out + b0 * dim,
+          dim, normalize, nullptr, 1);
+    } catch (...) {
+      errors[g] = std::current_exception();
+    }
+  });
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+void NativeEncoder::run(const int64_t* ids, const int64_t* positions, int64_t tokens, const int64_t* cu_seqlens,
+                        int64_t batch, float* out, int64_t dim, bool normalize, ThreadPool* pool, int threads) const {
   std::unique_ptr<Scratch> scratch = take_scratch();
   struct GiveBack {
     const NativeEncoder* e;
@@ -163,7 +201,7 @@ void NativeEncoder::forward(const int64_t* ids, const int64_t* positions, int64_
   int64_t max_len = 0, max_inter = 0;
   for (int64_t b = 0; b < B; ++b) max_len = std::max(max_len, cu_seqlens[b + 1] - cu_seqlens[b]);
   for (int64_t I : sp.intermediate_sizes) max_inter = std::max(max_inter, I);
-  Ctx c{s, owned ? pool.get() : nullptr, owned ? pool->size() : 1, T, B, max_len, ids};
+  Ctx c{s, pool, threads, T, B, max_len, ids};
 
   grow(s.x, T * H), grow(s.qkv, T * qkv_w), grow(s.attn, T * nq * hd), grow(s.tmp, T * H);
   grow(s.ffn, T * max_inter * (postnorm_ ? 1 : 2));
@@ -252,8 +290,16 @@ void NativeEncoder::gemm(Ctx& c, const PackedLinear& w, const float* x, int64_t 
     c.rows(m, [&](int64_t r0, int64_t r1) { quantize_rows(x + r0 * ldx, r1 - r0, ldx, w.k(), qw + r0 * ld, rw + r0); });
     q = qw, rs = rw;
   }
+  const float* strips = nullptr;
+  if (q == nullptr && w.packs_rows(m)) {  // many rows: x packed into row strips once, for every panel range
+    grow(c.s.strips, m * w.k());
+    float* sw = c.s.strips.data();
+    c.rows(m, [&](int64_t r0, int64_t r1) { pack_rows(x, m, w.k(), ldx, sw, r0, r1); });
+    strips = sw;
+  }
   const auto run = [&](int64_t p0, int64_t p1, int thread) {
     if (q != nullptr) return w.run_quantized(q, rs, m, y, ldy, act, p0, p1);
+    if (strips != nullptr) return w.run_packed(strips, m, y, ldy, act, p0, p1, c.s.per_thread[thread].data());
     w.run(x, m, ldx, y, ldy, act, p0, p1, c.s.per_thread[thread].data());
   };
   if (c.pool == nullptr || panels < 2) return run(0, panels, 0);

@@ -40,6 +40,7 @@ struct NativeEncoder::Scratch {
   std::vector<float> proj;    // [B, output_dim]
   std::vector<int32_t> cu;    // cu_seqlens as the attention kernel reads them
   std::vector<int64_t> pos;   // positions (given or derived)
+  std::vector<float> strips;   // many rows: a GEMM's input packed into row strips (packed_gemm.h pack_rows)
   std::vector<int16_t> xq;     // int8 weights at many rows: a GEMM's input quantised to int16 (int8_gemm.h)
   std::vector<float> x_scale;  // ... and its row scales
   std::vector<std::vector<float>> per_thread;     // attention + dequantisation scratch of each thread

@@ -56,6 +56,13 @@ class PackedLinear {
   void run(const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, Act act, int64_t p0, int64_t p1,
            float* scratch) const;
 
+  // From kPackRows rows (fp32 / bf16 weights, and int8 where the integer path does not apply) run() first
+  // packs x into row strips (pack_rows) in a buffer of the calling thread. A caller splitting one GEMM's
+  // panels over threads can pack x once (pack_rows over row ranges, in parallel) and run each range on it:
+  bool packs_rows(int64_t m) const;
+  void run_packed(const float* strips, int64_t m, float* y, int64_t ldy, Act act, int64_t p0, int64_t p1,
+                  float* scratch) const;
+
   // int8 weights at m >= kIntRows (int8_gemm.h) run on integer multiply-adds over x quantised per row to
   // int16; run() quantises x itself, once per call. A caller splitting one GEMM's panels over threads can
   // quantise x once (quantize_rows, int8_gemm.h) and run each range on the shared rows:
@@ -75,6 +82,11 @@ class PackedLinear {
 };
 
 int64_t dequant_scratch_floats(int64_t k);
+
+// Rows [r0, r1) of x[m, k] (rows ldx floats apart) into the strips layout run_packed reads (m * k floats):
+// 6-row strips, each k-major, so a register tile's activations are one sequential stream. Disjoint row
+// ranges may be packed concurrently.
+void pack_rows(const float* x, int64_t m, int64_t k, int64_t ldx, float* strips, int64_t r0, int64_t r1);
 
 // The fp32 kernel on a caller-owned packed buffer (hlm_engine.ops.cpu.linear's API, small_gemm.h):
 // y[0:m, 0:n] = act(x @ W^T + bias); bias (n floats) may be null.

@@ -164,6 +164,30 @@ def test_big_batch_and_long_text_at_two_threads(minilm):
         assert _cos(native.embed_ids(native.build(minilm.model, fmt, 2), ids), ref).min() >= bound
 
 
+@pytest.mark.parametrize("case", ["bert-proj-cls", "mpnet", "qwen3", "qwen2"])
+def test_big_batch_split_over_threads_matches_one_thread(case):
+    """From 96 token rows per thread the texts are split over the threads (contiguous groups of about equal
+    tokens, each a whole forward on its own thread): the same embeddings as one thread and the reference,
+    in order, with derived and explicit positions, and with fewer texts than threads."""
+    enc = _encoder(CASES[case])
+    ids = enc.tokenize([f"{t} {i}" for i in range(12) for t in TEXTS[:5]])
+    assert sum(map(len, ids)) > 3 * 96
+    ref = enc.embed_ids(ids)
+    one = native.embed_ids(native.build(enc.model, "fp32", 1), ids)
+    for threads in (2, 3):
+        nat = native.build(enc.model, "fp32", threads)
+        out = native.embed_ids(nat, ids)
+        np.testing.assert_allclose(out, one, atol=2e-6)
+        assert _cos(out, ref).min() >= FP32_COS
+        flat = np.concatenate([np.asarray(t, np.int64) for t in ids])
+        cu = np.concatenate([[0], np.cumsum([len(t) for t in ids])]).astype(np.int64)
+        pos = np.concatenate([np.arange(len(t), dtype=np.int64) for t in ids])
+        np.testing.assert_allclose(nat.forward(flat, pos, cu), out, atol=1e-6)
+        few = [(ids[-1] * 10)[:enc.config.max_length]]  # one long text: not split, runs on the column split
+        np.testing.assert_allclose(native.embed_ids(nat, few), native.embed_ids(native.build(enc.model, "fp32", 1), few),
+                                   atol=2e-6)
+
+
 def test_concurrent_callers_get_their_own_results():
     """Callers share one encoder (the pool serves one; the others run on their own threads, own scratch)."""
     enc = _encoder(CASES["qwen3"])

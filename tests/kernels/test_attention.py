@@ -107,3 +107,32 @@ def test_short_batch_path_matches_sdpa(monkeypatch, causal, bias):
     monkeypatch.setattr(attn, "_SHORT_L", 0)
     torch.testing.assert_close(short, varlen_attention_ref(q, k, v, cu, max(lens), causal, None, b),
                                atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal,bias,hkv", [(False, False, 4), (False, True, 4), (True, False, 2), (True, True, 1)])
+def test_reference_length_buckets_equal_padding_everything(monkeypatch, causal, bias, hkv):
+    """On CPU a mixed-length batch runs per length group (kernels/attention.py `_length_buckets`): the same
+    outputs and gradients as padding every sequence to the longest."""
+    import hlm_engine.kernels.attention as attn
+    lens = [3, 64, 5, 20, 1, 33, 7, 18, 40, 2]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+    assert len(attn._length_buckets(cu)) > 1
+    T, H, D = sum(lens), 4, 32
+    g = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(T, h, D, generator=g, dtype=torch.float64, requires_grad=True) for h in (H, hkv, hkv)]
+    b = torch.randn(H, 64, 64, generator=g, dtype=torch.float64) if bias else None
+    grad_out = torch.randn(T, H, D, generator=g, dtype=torch.float64)
+
+    def run(min_l):
+        monkeypatch.setattr(attn, "_BUCKET_MIN_L", min_l)
+        for t in leaves:
+            t.grad = None
+        out = attn.varlen_attention_ref(*leaves, cu, max(lens), causal, None, b)
+        out.backward(grad_out)
+        return out.detach(), [t.grad.clone() for t in leaves]
+
+    out_b, grads_b = run(16)
+    out_p, grads_p = run(10 ** 9)  # never bucketed: everything padded to 64
+    torch.testing.assert_close(out_b, out_p)
+    for gb, gp in zip(grads_b, grads_p):
+        torch.testing.assert_close(gb, gp)
