@@ -9,6 +9,9 @@ each sequence (MPNet's relative-position bias depends only on (i, j), so one ten
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -31,10 +34,9 @@ def seq_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch
     return seq_id, pos
 
 
-def _length_buckets(cu_seqlens: torch.Tensor) -> list[list[int]]:
+def _length_buckets(lens: list[int]) -> list[list[int]]:
     """Sequence indices grouped by padded length class (<= 16, then each power of two), when padding every
     sequence to the batch's longest would cost > 1.5x the scores of padding each group to its own longest."""
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     groups: dict[int, list[int]] = {}
     for b, n in enumerate(lens):
         groups.setdefault(max(_BUCKET_MIN_L, 1 << (int(n) - 1).bit_length()), []).append(b)
@@ -44,20 +46,69 @@ def _length_buckets(cu_seqlens: torch.Tensor) -> list[list[int]]:
     return list(groups.values()) if len(lens) * max(lens) ** 2 > 1.5 * bucketed else []
 
 
-def _bucketed(q, k, v, cu_seqlens, groups, causal, scale, bias):
-    """The reference over each length group separately (whole sequences move, so positions and the bias
-    index stay theirs), outputs put back in token order. Why: a training batch mixes 5-token queries with
-    60-token titles; padding all of them to 64 made attention ~18% of a MiniLM alignment step (forward +
-    backward) for ~6% of its FLOPs."""
-    cu = cu_seqlens.tolist()
-    outs, order = [], []
+@dataclass(frozen=True)
+class _PadGroup:
+    src: torch.Tensor    # int64 [B_g * L_g]: the packed row each padded slot reads
+    lens: torch.Tensor   # int64 [B_g]
+    num: int             # B_g
+    width: int           # L_g
+
+
+@functools.lru_cache(maxsize=16)
+def _pad_plan(lens: tuple[int, ...], bucket: bool) -> tuple[tuple[_PadGroup, ...], torch.Tensor]:
+    """How the CPU reference pads a packed batch: per group (one, or one per length class when `bucket`
+    and `_length_buckets` finds it pays) the packed rows that fill [B_g, L_g], and `back` [T], each token's
+    row in the groups' padded outputs laid end to end. Why gathers: the padding and unpadding were
+    index_put / advanced-index writes, whose accumulating backward was ~10% of a MiniLM alignment step; row
+    gathers (index_select, backward index_add) are a fraction of that, and the plan is built once per
+    batch shape, not once per layer (lru_cache: every layer of a forward passes the same lengths).
+    A padded slot reads its sequence's last token instead of a zero row: masked keys get exactly zero
+    weight and padded query rows are never read back, so outputs and gradients are unchanged."""
+    starts = [0]
+    for n in lens:
+        starts.append(starts[-1] + n)
+    groups = _length_buckets(list(lens)) if bucket else []
+    groups = groups or [list(range(len(lens)))]
+    plan, back, offset = [], torch.empty(starts[-1], dtype=torch.long), 0
     for g in groups:
-        idx = torch.cat([torch.arange(cu[b], cu[b + 1]) for b in g]).to(q.device)
-        sub_lens = torch.tensor([cu[b + 1] - cu[b] for b in g])
-        sub_cu = torch.cat([sub_lens.new_zeros(1), sub_lens.cumsum(0)]).to(cu_seqlens)
-        outs.append(varlen_attention_ref(q[idx], k[idx], v[idx], sub_cu, int(sub_lens.max()), causal, scale, bias))
-        order.append(idx)
-    return torch.cat(outs)[torch.argsort(torch.cat(order))]
+        width = max(lens[b] for b in g)
+        ar = torch.arange(width)
+        glens = torch.tensor([lens[b] for b in g], dtype=torch.long)
+        gstart = torch.tensor([starts[b] for b in g], dtype=torch.long)
+        src = (gstart[:, None] + torch.minimum(ar[None, :], glens[:, None] - 1)).reshape(-1)
+        for i, b in enumerate(g):
+            back[starts[b]: starts[b] + lens[b]] = torch.arange(lens[b]) + offset + i * width
+        plan.append(_PadGroup(src, glens, len(g), width))
+        offset += len(g) * width
+    return tuple(plan), back
+
+
+def _mask(lens: torch.Tensor, L: int, causal: bool, bias, dtype):
+    """[B, 1|H, L, L] attention mask of a padded batch: bool (valid keys, causal) or the bias with -inf."""
+    ar = torch.arange(L, device=lens.device)
+    allowed = (ar[None, :] < lens[:, None])[:, None, None, :]  # [B, 1, 1, L] valid keys
+    if causal:
+        allowed = allowed & (ar[None, :] <= ar[:, None])[None, None]
+    if bias is None:
+        return allowed
+    return bias[:, :L, :L].unsqueeze(0).to(dtype).masked_fill(~allowed, float("-inf"))
+
+
+def _padded_ref(q, k, v, g: _PadGroup, causal, scale, bias, gqa):
+    """One padded group [B_g, H, L_g, D] through SDPA (or the explicit softmax for short batches)."""
+    qb, kb, vb = (t.index_select(0, g.src).view(g.num, g.width, t.shape[1], t.shape[2]).transpose(1, 2)
+                  for t in (q, k, v))
+    L = g.width
+    mask = _mask(g.lens, L, causal, bias, qb.dtype)
+    if L <= _SHORT_L and not gqa:
+        # Batches of short queries (the serving case): ATen's CPU flash kernel tiles for long sequences and
+        # is ~1.5x slower than two batched GEMMs + softmax at L <= 32 (bench: B=64, H=12, L=12, 1 thread).
+        s = torch.matmul(qb, kb.transpose(-1, -2)).mul_(scale)
+        s = s.add_(mask) if mask.dtype != torch.bool else s.masked_fill_(~mask, float("-inf"))
+        out = torch.matmul(s.softmax(-1), vb)
+    else:
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out.transpose(1, 2).reshape(g.num * L, qb.shape[1], qb.shape[3])
 
 
 def varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, bias=None,
@@ -84,17 +135,6 @@ def varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=No
         else:
             out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=causal, scale=scale, enable_gqa=gqa)
         return out[0].transpose(0, 1).to(dtype)
-    if q.device.type == "cpu" and B > 1 and L > _BUCKET_MIN_L:
-        groups = _length_buckets(cu_seqlens)
-        if len(groups) > 1:
-            return _bucketed(q, k, v, cu_seqlens, groups, causal, scale, bias).to(dtype)
-    seq_id, pos = seq_index(cu_seqlens, T)
-
-    def pad(t):
-        p = t.new_zeros(B, L, t.shape[1], D)
-        p[seq_id, pos] = t
-        return p.transpose(1, 2)  # [B, H, L, D]
-
     if bias is not None and B * Hq * L * L > _MAX_MASK_ELEMS and B > 1:
         # A biased mask is materialised per sequence ([B, H, L, L]); bound its memory for long texts
         # (MPNet at L=384 would need ~450 MB per layer at B=64) by running sub-batches.
@@ -107,24 +147,20 @@ def varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=No
             sub_L = int((sub_cu[1:] - sub_cu[:-1]).max())
             outs.append(varlen_attention_ref(q[s0:s1], k[s0:s1], v[s0:s1], sub_cu, sub_L, causal, scale, bias))
         return torch.cat(outs).to(dtype)
+    if q.device.type == "cpu":
+        groups, back = _pad_plan(tuple((cu_seqlens[1:] - cu_seqlens[:-1]).tolist()), L > _BUCKET_MIN_L)
+        outs = [_padded_ref(q, k, v, g, causal, scale, bias, gqa) for g in groups]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, back).to(dtype)
+    seq_id, pos = seq_index(cu_seqlens, T)
+
+    def pad(t):
+        p = t.new_zeros(B, L, t.shape[1], D)
+        p[seq_id, pos] = t
+        return p.transpose(1, 2)  # [B, H, L, D]
+
     qb, kb, vb = pad(q), pad(k), pad(v)
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    ar = torch.arange(L, device=q.device)
-    allowed = (ar[None, :] < lens[:, None])[:, None, None, :]  # [B, 1, 1, L] valid keys
-    if causal:
-        allowed = allowed & (ar[None, :] <= ar[:, None])[None, None]
-    if bias is not None:
-        mask = bias[:, :L, :L].unsqueeze(0).to(qb.dtype).masked_fill(~allowed, float("-inf"))
-    else:
-        mask = allowed
-    if q.device.type == "cpu" and L <= _SHORT_L and not gqa:
-        # Batches of short queries (the serving case): ATen's CPU flash kernel tiles for long sequences and
-        # is ~1.5x slower than two batched GEMMs + softmax at L <= 32 (bench: B=64, H=12, L=12, 1 thread).
-        s = torch.matmul(qb, kb.transpose(-1, -2)).mul_(scale)
-        s = s.add_(mask) if mask.dtype != torch.bool else s.masked_fill_(~mask, float("-inf"))
-        out = torch.matmul(s.softmax(-1), vb)
-    else:
-        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    mask = _mask((cu_seqlens[1:] - cu_seqlens[:-1]).long(), L, causal, bias, qb.dtype)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2)[seq_id, pos].to(dtype)
 
 

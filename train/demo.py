@@ -62,12 +62,15 @@ DEFAULTS = dict(products=6000, train_queries=1500, dev_queries=400, log_queries=
 TEACHER_CPU_RECIPE = dict(batch_size=8, num_negatives=1, trainable_layers=4, lr=3e-5)
 
 
-def teacher_recipe(teacher: str) -> dict:
-    """TEACHER_CPU_RECIPE with the trained top layers capped at the teacher's depth."""
+def teacher_recipe(teacher: str, trainable_layers: int | None = None) -> dict:
+    """TEACHER_CPU_RECIPE (its top layers trained, or `trainable_layers`) capped at the teacher's depth."""
     from hlm_engine.config import load_folder_config
     from hlm_engine.hub import resolve
     depth = load_folder_config(resolve(teacher)).num_layers
-    return TEACHER_CPU_RECIPE | {"trainable_layers": min(TEACHER_CPU_RECIPE["trainable_layers"], depth)}
+    top = TEACHER_CPU_RECIPE["trainable_layers"] if trainable_layers is None else trainable_layers
+    if top < 1:
+        raise ValueError(f"the teacher's trained top layers must be >= 1, got {top}")
+    return TEACHER_CPU_RECIPE | {"trainable_layers": min(top, depth)}
 
 
 FULL = dict(products=None, train_queries=None, dev_queries=None, log_queries=None, align_steps=3000,

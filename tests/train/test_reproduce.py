@@ -74,3 +74,17 @@ def test_reproduce_runs_every_phase_and_resumes(tiny_models, tmp_path, monkeypat
     again = json.load(open(pub))
     assert again["table"] == res["table"]
     assert all(again["phases"][k]["cached"] for k in ("teacher", "align", "refine", "prune", "baseline"))
+    # the student corpus a pass found finished reports the time of the pass that encoded it, marked cached
+    sym = "student corpus (symmetric row)"
+    assert again["phases"][sym] == {"wall_seconds": res["phases"][sym]["wall_seconds"], "cached": True}
+    assert not res["phases"][sym]["cached"]
+
+
+def test_teacher_layers_option_is_checked_and_capped(tiny_models):
+    from hlm_engine.config import load_folder_config
+    from hlm_engine.train.demo import teacher_recipe
+    depth = load_folder_config(tiny_models["teacher"]).num_layers
+    assert teacher_recipe(tiny_models["teacher"], 99)["trainable_layers"] == depth  # capped at the depth
+    assert teacher_recipe(tiny_models["teacher"], 1)["trainable_layers"] == 1
+    with pytest.raises(ValueError, match="top layers must be >= 1, got 0"):
+        teacher_recipe(tiny_models["teacher"], 0)
