@@ -50,7 +50,6 @@ def _length_buckets(lens: list[int]) -> list[list[int]]:
 class _PadGroup:
     src: torch.Tensor    # int64 [B_g * L_g]: the packed row each padded slot reads
     lens: torch.Tensor   # int64 [B_g]
-    num: int             # B_g
     width: int           # L_g
 
 
@@ -76,9 +75,9 @@ def _pad_plan(lens: tuple[int, ...], bucket: bool) -> tuple[tuple[_PadGroup, ...
         glens = torch.tensor([lens[b] for b in g], dtype=torch.long)
         gstart = torch.tensor([starts[b] for b in g], dtype=torch.long)
         src = (gstart[:, None] + torch.minimum(ar[None, :], glens[:, None] - 1)).reshape(-1)
-        for i, b in enumerate(g):
-            back[starts[b]: starts[b] + lens[b]] = torch.arange(lens[b]) + offset + i * width
-        plan.append(_PadGroup(src, glens, len(g), width))
+        real = ar[None, :] < glens[:, None]  # [B_g, L_g]: the slots holding a token
+        back[(gstart[:, None] + ar)[real]] = offset + torch.arange(len(g) * width).view(len(g), width)[real]
+        plan.append(_PadGroup(src, glens, width))
         offset += len(g) * width
     return tuple(plan), back
 
@@ -96,7 +95,8 @@ def _mask(lens: torch.Tensor, L: int, causal: bool, bias, dtype):
 
 def _padded_ref(q, k, v, g: _PadGroup, causal, scale, bias, gqa):
     """One padded group [B_g, H, L_g, D] through SDPA (or the explicit softmax for short batches)."""
-    qb, kb, vb = (t.index_select(0, g.src).view(g.num, g.width, t.shape[1], t.shape[2]).transpose(1, 2)
+    num = g.lens.numel()
+    qb, kb, vb = (t.index_select(0, g.src).view(num, g.width, t.shape[1], t.shape[2]).transpose(1, 2)
                   for t in (q, k, v))
     L = g.width
     mask = _mask(g.lens, L, causal, bias, qb.dtype)
@@ -108,7 +108,7 @@ def _padded_ref(q, k, v, g: _PadGroup, causal, scale, bias, gqa):
         out = torch.matmul(s.softmax(-1), vb)
     else:
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, enable_gqa=gqa)
-    return out.transpose(1, 2).reshape(g.num * L, qb.shape[1], qb.shape[3])
+    return out.transpose(1, 2).reshape(num * L, qb.shape[1], qb.shape[3])
 
 
 def varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, causal=False, scale=None, bias=None,
