@@ -18,6 +18,8 @@ constexpr int kTileRows = 6;          // 6 rows x 2 int32 accumulators = 12 ymm,
 constexpr int64_t kBlockRows = 96;    // rows quantised, then swept over every panel, per block
 constexpr int64_t kChunkPairs = 192;  // k pairs per widened chunk (12 KB)
 constexpr float kTinyRow = 1e-30f;    // below: the row quantises to 0 (qmax / max|x| would overflow)
+// Rows up to which the tiles widen the int8 pairs in registers rather than through the L1 buffer (two tiles).
+constexpr int64_t kInRegisterRows = 2 * kTileRows;
 
 // Per-thread buffers, grown as needed, 64-byte aligned views.
 template <typename T>
@@ -63,21 +65,15 @@ HLM_AVX2 float quantize_row(const float* x, int64_t k, int32_t qmax, int16_t* q,
   return amax / static_cast<float>(qmax);
 }
 
-// One int8 panel (kk rows of 16) -> kk/2 (rounded up) pairs of 16 columns as int16 (w[k][j], w[k+1][j]):
-// 32 int16 per pair, columns 0-7 then 8-15 (one ymm each).
-HLM_AVX2 void widen_pairs(const int8_t* p, int64_t k, int16_t* out) {
-  int64_t t = 0;
-  for (; 2 * t + 1 < k; ++t) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * t * kPanel));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + (2 * t + 1) * kPanel));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32 * t), _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32 * t + 16), _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b)));
-  }
-  if (2 * t < k) {  // odd K: pair the last row with zeros
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * t * kPanel));
-    const __m128i z = _mm_setzero_si128();
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32 * t), _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, z)));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32 * t + 16), _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, z)));
+// `pairs` k pairs of one panel (packed_gemm.h's int8 layout: 32 bytes a pair, (w[k][j], w[k+1][j]) for columns
+// 0-7, then 8-15) -> the same as int16, one ymm per 8 columns: a sign extension, nothing to shuffle.
+HLM_AVX2 inline __m256i widen8(const int8_t* p) {
+  return _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+}
+HLM_AVX2 void widen_pairs(const int8_t* p, int64_t pairs, int16_t* out) {
+  for (int64_t t = 0; t < pairs; ++t) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32 * t), widen8(p + 32 * t));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + 32 * t + 16), widen8(p + 32 * t + 16));
   }
 }
 
@@ -87,11 +83,13 @@ HLM_AVX2 inline __m256i bcast_pair(const int16_t* q) {
   return _mm256_set1_epi32(v);
 }
 
-// R rows x 16 columns over `pairs` k pairs: y = act(float(q . w) * (s_r * scale) + bias).
+// R rows x 16 columns over `pairs` k pairs: y = act(float(q . w) * (s_r * scale) + bias). W = int16_t: the
+// pairs widened once into an L1 buffer (many row tiles share them); int8_t: straight from the packed panel,
+// widened in registers (a few tiles: two sign extensions per pair per tile instead of a buffer round trip).
 // K may come in chunks: `first` starts the sums at 0, else from the partial sums in acc (16 int32 per row);
 // `last` applies the epilogue, else stores the partial sums back to acc.
-template <int R>
-HLM_AVX2 void tile(const int16_t* q, int64_t ldq, const float* rs, const int16_t* w, int64_t pairs, int32_t* acc,
+template <int R, typename W>
+HLM_AVX2 void tile(const int16_t* q, int64_t ldq, const float* rs, const W* w, int64_t pairs, int32_t* acc,
                    bool first, bool last, float* y, int64_t ldy, const float* scale, const float* bias, int ncols,
                    Act act) {
   __m256i c[R][2];
@@ -104,8 +102,14 @@ HLM_AVX2 void tile(const int16_t* q, int64_t ldq, const float* rs, const int16_t
     }
   }
   for (int64_t t = 0; t < pairs; ++t) {
-    const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32 * t));
-    const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32 * t + 16));
+    __m256i b0, b1;
+    if constexpr (sizeof(W) == 2) {
+      b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32 * t));
+      b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32 * t + 16));
+    } else {
+      b0 = widen8(reinterpret_cast<const int8_t*>(w) + 32 * t);
+      b1 = widen8(reinterpret_cast<const int8_t*>(w) + 32 * t + 16);
+    }
     _Pragma("GCC unroll 8") for (int i = 0; i < R; ++i) {
       const __m256i a = bcast_pair(q + i * ldq + 2 * t);
       c[i][0] = _mm256_add_epi32(c[i][0], _mm256_madd_epi16(a, b0));
@@ -133,29 +137,42 @@ HLM_AVX2 void tile(const int16_t* q, int64_t ldq, const float* rs, const int16_t
   }
 }
 
-using TileFn = void (*)(const int16_t*, int64_t, const float*, const int16_t*, int64_t, int32_t*, bool, bool, float*,
+template <typename W>
+using TileFn = void (*)(const int16_t*, int64_t, const float*, const W*, int64_t, int32_t*, bool, bool, float*,
                         int64_t, const float*, const float*, int, Act);
-constexpr TileFn kTiles[kTileRows + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+template <typename W>
+constexpr TileFn<W> kTiles[kTileRows + 1] = {nullptr,        tile<1, W>, tile<2, W>, tile<3, W>,
+                                             tile<4, W>, tile<5, W>, tile<6, W>};
 
-// One block of quantised rows over panels [p0, p1): each panel chunk is widened once, then swept by the tiles.
+// One block of quantised rows over panels [p0, p1). More than kInRegisterRows rows: each panel chunk is widened
+// once into an L1 buffer, then swept by the tiles; fewer (a query's ~7 tokens): the tiles widen it in registers.
 HLM_AVX2 void block(const int16_t* q, int64_t ldq, const float* rs, int64_t rows, int64_t k, const int8_t* packed,
                     const float* scales, int64_t n, const float* bias, float* y, int64_t ldy, Act act, int64_t p0,
                     int64_t p1) {
   thread_local std::vector<int16_t> wbuf;
   thread_local std::vector<int32_t> abuf;
   const int64_t pairs = (k + 1) / 2, chunk = std::min(kChunkPairs, pairs);
-  int16_t* w = grow_aligned(wbuf, chunk * 2 * kPanel);
+  const bool in_registers = rows <= kInRegisterRows;
+  int16_t* w = in_registers ? nullptr : grow_aligned(wbuf, chunk * 2 * kPanel);
   int32_t* acc = grow_aligned(abuf, pairs > chunk ? rows * kPanel : 0);
   for (int64_t p = p0; p < p1; ++p) {
     const int ncols = static_cast<int>(std::min(kPanel, n - p * kPanel));
     const float* pb = bias != nullptr ? bias + p * kPanel : nullptr;  // scales and bias: zero-padded panels
     for (int64_t t0 = 0; t0 < pairs; t0 += chunk) {
       const int64_t tc = std::min(chunk, pairs - t0);
-      widen_pairs(packed + (p * k + 2 * t0) * kPanel, std::min(2 * tc, k - 2 * t0), w);
+      const int8_t* src = packed + (p * pairs + t0) * 2 * kPanel;
+      if (!in_registers) widen_pairs(src, tc, w);
       for (int64_t i = 0; i < rows;) {
         const int h = static_cast<int>(std::min<int64_t>(kTileRows, rows - i));
-        kTiles[h](q + i * ldq + 2 * t0, ldq, rs + i, w, tc, acc + i * kPanel, t0 == 0, t0 + tc == pairs,
-                  y + i * ldy + p * kPanel, ldy, scales + p * kPanel, pb, ncols, act);
+        const int16_t* qi = q + i * ldq + 2 * t0;
+        int32_t* ai = acc + i * kPanel;
+        float* yi = y + i * ldy + p * kPanel;
+        const bool first = t0 == 0, last = t0 + tc == pairs;
+        if (in_registers) {
+          kTiles<int8_t>[h](qi, ldq, rs + i, src, tc, ai, first, last, yi, ldy, scales + p * kPanel, pb, ncols, act);
+        } else {
+          kTiles<int16_t>[h](qi, ldq, rs + i, w, tc, ai, first, last, yi, ldy, scales + p * kPanel, pb, ncols, act);
+        }
         i += h;
       }
     }
@@ -170,9 +187,9 @@ int32_t int16_qmax(int64_t k) {
   return static_cast<int32_t>(std::min<int64_t>(32767, bound));
 }
 
-bool int8_gemm_applies(int64_t m, int64_t k) {
+bool int8_gemm_applies(int64_t k) {
   static const bool avx2 = cpu_has_avx2_fma();
-  return m >= kIntRows && k >= 1 && int16_qmax(k) >= 1024 && avx2;
+  return k >= 1 && k <= kMaxIntK && avx2;
 }
 
 int64_t quant_ld(int64_t k) { return (k + 15) / 16 * 16; }

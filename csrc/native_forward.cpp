@@ -283,7 +283,7 @@ void NativeEncoder::gemm(Ctx& c, const PackedLinear& w, const float* x, int64_t 
   const int64_t panels = w.panels();
   const int16_t* q = nullptr;
   const float* rs = nullptr;
-  if (w.integer_path(m)) {  // int8 weights at many rows: x quantised to int16 once, for every panel range
+  if (w.integer_path(m)) {  // int8 weights: x quantised to int16 once, for every panel range
     const int64_t ld = quant_ld(w.k());
     grow(c.s.xq, m * ld), grow(c.s.x_scale, m);
     int16_t* qw = c.s.xq.data();

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -48,22 +49,18 @@ HLM_AVX2 inline void load16(const uint16_t* p, __m256& b0, __m256& b1) {
   b0 = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
   b1 = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
 }
-HLM_AVX2 inline void load16(const int8_t* p, __m256& b0, __m256& b1) {
-  b0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  b1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
-}
 
 // One R x 16 register tile: y[0:R, 0:ncols] = act(scale * (x[0:R, :] @ panel) + bias). Below 4 rows the 2R FMA
 // chains are too few to hide FMA latency (4-5 cycles on Zen/Skylake at 2 FMAs per cycle), so KU=2 keeps a
 // second set of accumulators for odd k and sums the two at the end. One prefetch per 64-byte line of
-// weights: 1, 2 or 4 k steps of fp32, bf16, int8.
+// weights: 1 or 2 k steps of fp32, bf16.
 // K may come in chunks (see run_panels): `first` starts the sums at 0, else from the partial sums the previous
 // chunk left in y; `last` applies the epilogue, else stores the raw partial sums.
 // PA (packed activations): x is a row strip (pack_rows), x[kk * R + i] instead of x[i * ldx + kk].
 template <int R, int KU, typename T, bool PA = false>
 HLM_AVX2 void tile(const float* x, int64_t ldx, const T* p, int64_t k, float* y, int64_t ldy, const float* scale,
                    const float* bias, int ncols, Act act, bool first, bool last) {
-  constexpr int64_t kLine = 64 / (kPanel * sizeof(T));  // k steps per cache line of weights: 1, 2, 4
+  constexpr int64_t kLine = 64 / (kPanel * sizeof(T));  // k steps per cache line of weights: 1, 2
   alignas(32) float tmp[kPanel];
   __m256 c[KU][R][2];
   _Pragma("GCC unroll 8") for (int u = 0; u < KU; ++u) {
@@ -163,22 +160,13 @@ constexpr TileFn<T> kPackedTiles[kMaxRows + 1] = {nullptr,
                                                   tile<1, 2, T, true>, tile<2, 2, T, true>, tile<3, 2, T, true>,
                                                   tile<4, 1, T, true>, tile<5, 1, T, true>, tile<6, 1, T, true>};
 
-// A bf16 / int8 panel widened to fp32 (int8 times its scales), for row blocks that reuse it many times.
+// A bf16 panel widened to fp32, for row blocks that reuse it many times.
 HLM_AVX2 void widen(const uint16_t* p, int64_t k, const float*, float* out) {
   for (int64_t kk = 0; kk < k; ++kk) {
     __m256 b0, b1;
     load16(p + kk * kPanel, b0, b1);
     _mm256_storeu_ps(out + kk * kPanel, b0);
     _mm256_storeu_ps(out + kk * kPanel + 8, b1);
-  }
-}
-HLM_AVX2 void widen(const int8_t* p, int64_t k, const float* scale, float* out) {
-  const __m256 s0 = _mm256_loadu_ps(scale), s1 = _mm256_loadu_ps(scale + 8);
-  for (int64_t kk = 0; kk < k; ++kk) {
-    __m256 b0, b1;
-    load16(p + kk * kPanel, b0, b1);
-    _mm256_storeu_ps(out + kk * kPanel, _mm256_mul_ps(b0, s0));
-    _mm256_storeu_ps(out + kk * kPanel + 8, _mm256_mul_ps(b1, s1));
   }
 }
 HLM_AVX2 void widen(const float*, int64_t, const float*, float*) {}
@@ -330,7 +318,7 @@ void run_packed_panels(const Job& j, int64_t p0, int64_t p1, float* scratch) {
 }
 
 bool packs(WeightFormat fmt, int64_t m, int64_t k) {
-  return m >= kPackRows && k > 0 && !(fmt == WeightFormat::kI8 && int8_gemm_applies(m, k));
+  return m >= kPackRows && k > 0 && fmt != WeightFormat::kI8;  // int8: the integer path (int8_gemm.h)
 }
 
 void run_packed_job(const Job& j, WeightFormat fmt, int64_t p0, int64_t p1, float* scratch) {
@@ -343,7 +331,7 @@ void run_packed_job(const Job& j, WeightFormat fmt, int64_t p0, int64_t p1, floa
   switch (fmt) {
     case WeightFormat::kF32: return run_packed_panels<float>(j, p0, p1, scratch);
     case WeightFormat::kBF16: return run_packed_panels<uint16_t>(j, p0, p1, scratch);
-    case WeightFormat::kI8: return run_packed_panels<int8_t>(j, p0, p1, scratch);
+    case WeightFormat::kI8: throw std::invalid_argument("PackedLinear::run_packed: int8 weights take run_quantized");
   }
 }
 
@@ -369,12 +357,10 @@ void run_job(const Job& j, WeightFormat fmt, int64_t p0, int64_t p1, float* scra
   switch (fmt) {
     case WeightFormat::kF32: return run_panels<float>(j, p0, p1, scratch);
     case WeightFormat::kBF16: return run_panels<uint16_t>(j, p0, p1, scratch);
-    case WeightFormat::kI8:  // from kIntRows rows the arithmetic binds: integer multiply-adds (int8_gemm.h)
-      if (int8_gemm_applies(j.m, j.k)) {
-        return gemm_i8_i16(j.x, j.m, j.k, j.ldx, static_cast<const int8_t*>(j.packed), j.scales, j.n, j.bias, j.y,
-                           j.ldy, j.act, p0, p1);
-      }
-      return run_panels<int8_t>(j, p0, p1, scratch);
+    case WeightFormat::kI8:  // integer multiply-adds at every row count (int8_gemm.h)
+      if (!int8_gemm_applies(j.k)) throw std::runtime_error("PackedLinear: int8 weights need a CPU with AVX2 + FMA");
+      return gemm_i8_i16(j.x, j.m, j.k, j.ldx, static_cast<const int8_t*>(j.packed), j.scales, j.n, j.bias, j.y,
+                         j.ldy, j.act, p0, p1);
   }
 }
 
@@ -440,7 +426,12 @@ PackedLinear::PackedLinear(const float* w, int64_t n, int64_t k, const float* bi
           if (row < n) out[(p * k + kk) * kPanel + s] = to_bf16(w[row * k + kk]);
         }
   } else {
-    int8_t* out = aligned_alloc_n<int8_t>(cols * k);
+    if (k > kMaxIntK) {
+      throw std::invalid_argument("PackedLinear: int8 weights need K <= " + std::to_string(kMaxIntK) +
+                                  " (the integer path's int32 sums), got K = " + std::to_string(k));
+    }
+    const int64_t pairs = (k + 1) / 2;
+    int8_t* out = aligned_alloc_n<int8_t>(cols * 2 * pairs);  // zeroed: odd K's last pair, padded columns
     data_.reset(reinterpret_cast<uint8_t*>(out));
     scales_.reset(aligned_alloc_n<float>(cols));
     for (int64_t row = 0; row < n; ++row) {
@@ -449,18 +440,22 @@ PackedLinear::PackedLinear(const float* w, int64_t n, int64_t k, const float* bi
       const float scale = mx > 0.f ? mx / 127.f : 1.f;  // an all-zero row: any scale, q = 0
       scales_.get()[row] = scale;
       const int64_t p = row / kPanel, j = row % kPanel;
+      // pair t of panel p: 32 bytes, columns 0-7 then 8-15, each column's (k = 2t, 2t + 1) side by side
+      int8_t* panel = out + p * pairs * 2 * kPanel + (j / 8) * kPanel + (j % 8) * 2;
       for (int64_t kk = 0; kk < k; ++kk) {
         const float q = std::nearbyint(w[row * k + kk] / scale);
-        out[(p * k + kk) * kPanel + j] = static_cast<int8_t>(std::max(-127.f, std::min(127.f, q)));
+        panel[(kk / 2) * 2 * kPanel + kk % 2] = static_cast<int8_t>(std::max(-127.f, std::min(127.f, q)));
       }
     }
   }
 }
 
 size_t PackedLinear::bytes() const {
-  const size_t elem = fmt_ == WeightFormat::kF32 ? 4 : fmt_ == WeightFormat::kBF16 ? 2 : 1;
   const size_t cols = static_cast<size_t>(panels() * kPanel);
-  return cols * static_cast<size_t>(k_) * elem + (scales_ ? cols * 4 : 0) + (bias_ ? cols * 4 : 0);
+  const size_t stored = fmt_ == WeightFormat::kF32    ? 4 * static_cast<size_t>(k_)
+                        : fmt_ == WeightFormat::kBF16 ? 2 * static_cast<size_t>(k_)
+                                                      : 2 * static_cast<size_t>((k_ + 1) / 2);  // int8 pairs
+  return cols * stored + (scales_ ? cols * 4 : 0) + (bias_ ? cols * 4 : 0);
 }
 
 void PackedLinear::run(const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, Act act, int64_t p0,
@@ -469,7 +464,9 @@ void PackedLinear::run(const float* x, int64_t m, int64_t ldx, float* y, int64_t
   run_job(j, fmt_, std::max<int64_t>(p0, 0), std::min(p1, panels()), scratch);
 }
 
-bool PackedLinear::integer_path(int64_t m) const { return fmt_ == WeightFormat::kI8 && int8_gemm_applies(m, k_); }
+bool PackedLinear::integer_path(int64_t m) const {
+  return fmt_ == WeightFormat::kI8 && m >= 1 && int8_gemm_applies(k_);
+}
 
 void PackedLinear::run_quantized(const int16_t* q, const float* row_scale, int64_t m, float* y, int64_t ldy, Act act,
                                  int64_t p0, int64_t p1) const {

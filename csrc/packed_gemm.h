@@ -5,17 +5,18 @@
 // weight matrix once: the time is the weight bytes over the memory bandwidth. Vendor sgemm (MKL, oneDNN)
 // is tuned for big M and reaches ~30% of one core's DRAM stream at that shape; here the weight stream is
 // one sequential, prefetch-friendly read and each 64-byte line feeds up to 6 rows x 16 columns of FMAs.
-// Storing the weights in bf16 or int8 halves or quarters the bytes per query: they are widened to fp32 in
-// registers, so the arithmetic (fp32 FMAs on fp32 activations) is the same in every format. The exception:
-// int8 weights on 8 rows or more (compute-bound) run on integer multiply-adds over int16-quantised
-// activations instead (int8_gemm.h, ~1.5x the fp32 rate on Zen 3).
+// Storing the weights in bf16 or int8 halves or quarters the bytes per query. bf16 weights are widened to fp32
+// in registers (fp32 FMAs on fp32 activations, as fp32 weights); int8 weights run on integer multiply-adds over
+// activations quantised per row to int16 at every row count (int8_gemm.h: ~1.5x the fp32 rate on Zen 3).
 //
 // Packed layout: panel p holds output columns [16p, 16p+16) as K consecutive rows of 16 weights;
 //   fp32: packed[(p*K + k)*16 + j] = W[16p + j, k]   (the last panel zero-padded)
 //   bf16: the same, rounded to nearest even, each row of 16 stored as c0 c8 c1 c9 ... c7 c15 so that one
 //         shift (columns 0-7) and one mask (8-15) of the 32-bit words widen them (no shuffle)
-//   int8: the same, W[n, k] ~ scale[n] * q[n, k], q in [-127, 127], one symmetric scale per output channel
-//         (max |W[n, :]| / 127); the scale multiplies the fp32 sum once, in the epilogue.
+//   int8: W[n, k] ~ scale[n] * q[n, k], q in [-127, 127], one symmetric scale per output channel
+//         (max |W[n, :]| / 127; it multiplies the sum once, in the epilogue), stored as k pairs: panel p holds
+//         ceil(K/2) pairs of 32 bytes, (q[16p + j, 2t], q[16p + j, 2t + 1]) for j = 0-7, then j = 8-15, so
+//         one sign extension gives vpmaddwd's operand for 8 columns (odd K: the last pair's second is 0).
 // Torch-free and pybind-free.
 #pragma once
 
@@ -56,16 +57,17 @@ class PackedLinear {
   void run(const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, Act act, int64_t p0, int64_t p1,
            float* scratch) const;
 
-  // From kPackRows rows (fp32 / bf16 weights, and int8 where the integer path does not apply) run() first
+  // From kPackRows rows (fp32 / bf16 weights) run() first
   // packs x into row strips (pack_rows) in a buffer of the calling thread. A caller splitting one GEMM's
   // panels over threads can pack x once (pack_rows over row ranges, in parallel) and run each range on it:
   bool packs_rows(int64_t m) const;
   void run_packed(const float* strips, int64_t m, float* y, int64_t ldy, Act act, int64_t p0, int64_t p1,
                   float* scratch) const;
 
-  // int8 weights at m >= kIntRows (int8_gemm.h) run on integer multiply-adds over x quantised per row to
-  // int16; run() quantises x itself, once per call. A caller splitting one GEMM's panels over threads can
-  // quantise x once (quantize_rows, int8_gemm.h) and run each range on the shared rows:
+  // int8 weights (int8_gemm.h) run on integer multiply-adds over x quantised per row to int16; run()
+  // quantises x itself, once per call. A caller splitting one GEMM's panels over threads can quantise x once
+  // (quantize_rows, int8_gemm.h) and run each range on the shared rows. integer_path(m) is true for every m
+  // where int8 weights run here (AVX2 + FMA); `m` is kept for callers that ask per GEMM.
   bool integer_path(int64_t m) const;
   void run_quantized(const int16_t* q, const float* row_scale, int64_t m, float* y, int64_t ldy, Act act,
                      int64_t p0, int64_t p1) const;

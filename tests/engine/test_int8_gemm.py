@@ -1,9 +1,11 @@
-"""int8 weights on integer multiply-adds (csrc/int8_gemm.h): from kIntRows (8) rows up, PackedLinear runs
-int8 panels on vpmaddwd over activations quantised per row to int16. Against the dequantised int8 weights
-(scale * q) times fp32 x the result is within ~1e-4 of |y|'s scale at every shape: below and above the
-row threshold, short and long K (odd: the last k pair padded), partial last panels, GELU, bias or none,
-zero and non-finite rows, strided x / y, panel ranges split over concurrent threads; and the native
-encoder's int8 embeddings at a batch big enough for the path stay within the format's bound."""
+"""int8 weights on integer multiply-adds (csrc/int8_gemm.h): at every row count PackedLinear runs int8 panels
+on vpmaddwd over activations quantised per row to int16 (up to two register tiles of rows the int8 pairs are
+widened in registers, past that once per chunk into an L1 buffer). Against the dequantised int8 weights
+(scale * q) times fp32 x the result is within ~1e-4 of |y|'s scale at every shape: both sides of the
+in-register threshold, short and long K (odd: the last k pair padded), partial last panels, GELU, bias or
+none, zero and non-finite rows, strided x / y, panel ranges split over concurrent threads; a row's output
+does not depend on the rows beside it (bitwise); the native encoder's int8 embeddings stay within the
+format's bound at batch 64 and equal each query's batch-1 embedding bitwise."""
 import concurrent.futures as cf
 
 import numpy as np
@@ -15,7 +17,7 @@ from hlm_engine.ops.cpu import ext
 pytestmark = pytest.mark.skipif(not ext.available(), reason="CPU kernels not built (HLM_BUILD_EXT=0) or no AVX2+FMA")
 
 PANEL = 16
-INT_ROWS = 8  # kIntRows (int8_gemm.h): the int16 path from here; below, the fp32-FMA one
+IN_REGISTER_ROWS = 12  # kInRegisterRows (int8_gemm.cpp): up to here the tiles widen the int8 pairs in registers
 
 
 def _dequant(w: np.ndarray) -> np.ndarray:
@@ -82,15 +84,35 @@ def test_large_m_gelu_and_no_bias(k, n):
         _assert_close(_run(lin, x, n, gelu), _ref(x, w, None, gelu))
 
 
-def test_row_threshold_and_short_k():
-    """Both sides of kIntRows agree with the reference (and each other to ~1e-4); K below a k pair, odd K."""
+def test_every_row_count_and_short_k():
+    """Both sides of the in-register threshold agree with the reference; K below a k pair, odd K; fp32 weights
+    never take the integer path."""
     for k in (1, 2, 3, 17, 385):
         lin, w, b = _packed(40, k, seed=k)
-        assert lin.integer_path(INT_ROWS) and not lin.integer_path(INT_ROWS - 1)
+        assert all(lin.integer_path(m) for m in (1, 7, IN_REGISTER_ROWS + 1, 640)) and not lin.integer_path(0)
         assert not _packed(40, k, fmt="fp32")[0].integer_path(640)
-        x = np.random.default_rng(k).standard_normal((INT_ROWS + 1, k)).astype(np.float32)
-        for m in (INT_ROWS - 1, INT_ROWS, INT_ROWS + 1):
+        x = np.random.default_rng(k).standard_normal((IN_REGISTER_ROWS + 2, k)).astype(np.float32)
+        for m in (1, 2, 6, 7, IN_REGISTER_ROWS, IN_REGISTER_ROWS + 1, IN_REGISTER_ROWS + 2):
             _assert_close(_run(lin, x[:m], 40, True), _ref(x[:m], w, b, True))
+
+
+def test_rows_do_not_depend_on_their_batch():
+    """Per-row quantisation and exact integer sums: a row's output is the same bits alone, in a query-sized
+    batch (in-register tiles) and in a corpus-sized one (the L1-buffer path, several row blocks)."""
+    k, n = 1537, 300
+    lin, _, _ = _packed(n, k, seed=11)
+    x = np.random.default_rng(12).standard_normal((250, k)).astype(np.float32)
+    whole = _run(lin, x, n)
+    np.testing.assert_array_equal(_run(lin, x[:7], n), whole[:7])
+    for i in (0, 6, 97, 249):
+        np.testing.assert_array_equal(_run(lin, x[i:i + 1], n), whole[i:i + 1])
+
+
+def test_k_beyond_the_integer_sums_named():
+    k = 2147483647 // (127 * 256) + 1  # kMaxIntK + 1: int16 activations would need fewer than 8 bits
+    w = np.zeros((16, k), np.float32)
+    with pytest.raises(ValueError, match=f"int8 weights need K <= {k - 1} .* got K = {k}"):
+        ext.EXT.PackedLinear(w.ctypes.data, 16, k, 0, "int8")
 
 
 def test_strided_x_and_y_and_panel_ranges():
@@ -158,16 +180,20 @@ def test_bad_format_named():
 
 
 def test_native_encoder_int8_at_batch_64(minilm):
-    """A batch of 64 queries (~500 token rows: every GEMM on the integer path, x quantised once per GEMM
-    and shared by both threads' panel ranges) stays within int8's bound of fp32, as at batch 1."""
+    """A batch of 64 queries (~500 token rows: x quantised once per GEMM and shared by both threads' panel
+    ranges) stays within int8's bound of fp32, as at batch 1; each query's embedding in the batch is the bits
+    of its batch-1 embedding, at 1 and 2 threads (columns split at batch 1, texts split at batch 64)."""
     from hlm_engine.ops.cpu import native
 
     texts = [f"{t} {i}" for i, t in enumerate(["cordless drill", "white semi-gloss interior paint 5 gallon",
                                                 "r19 insulation", "heavy duty silver tarp with grommets"] * 16)]
     ids = minilm.tokenize(texts)
-    assert len(ids) == 64 and sum(map(len, ids)) >= 64 * INT_ROWS
+    assert len(ids) == 64 and sum(map(len, ids)) >= 64 * 8
     fp32 = native.embed_ids(native.build(minilm.model, "fp32", 2), ids)
     for threads in (1, 2):
-        out = native.embed_ids(native.build(minilm.model, "int8", threads), ids)
+        nat = native.build(minilm.model, "int8", threads)
+        out = native.embed_ids(nat, ids)
         cos = (out * fp32).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(fp32, axis=1)
         assert cos.min() >= 0.995, f"min cos {cos.min()}"
+        for i in (0, 1, 33, 63):
+            np.testing.assert_array_equal(native.embed_ids(nat, [ids[i]])[0], out[i])

@@ -17,11 +17,11 @@ output, FFN, projection head) is stored in the chosen format.
 Why int8 keeps (nearly) exact activations: on MiniLM over 400 dev queries, int8 weights alone give min cos
 0.9988 vs fp32; adding dynamic per-token int8 activations drops it to 0.9923 (7-bit activations, which
 AVX2's saturating u8 x s8 products force without VNNI: 0.9855; ONNX Runtime's per-tensor dynamic
-quantisation: 0.917). Below 8 token rows (one register tile: the weight bytes a short query streams, which
-int8 quarters, bound it) the weights are widened to fp32 in registers for fp32 FMAs on fp32 activations; from
-8 rows the arithmetic binds, so the activations are quantised per row to int16 (a K-dependent range that
-cannot overflow int32 sums, 12-15 bits: cos ~1 - 2e-7 vs fp32 activations) for integer multiply-adds at ~1.5x
-the fp32 rate (csrc/int8_gemm.h).
+quantisation: 0.917). So int8 weights run on integer multiply-adds over activations quantised per row to int16
+(a K-dependent range that cannot overflow int32 sums, 12-15 bits: cos ~1 - 2e-7 vs fp32 activations) at every
+row count: ~1.5x the fp32 FMA rate on many rows, ~1.8x the old fp32-FMA-on-widened-weights path at a query's
+~7 rows (csrc/int8_gemm.h). Rows are quantised one by one and integer sums are exact, so a text's int8
+embedding is the same bits at batch 1 and inside any batch.
 
 The native encoder is a snapshot of the weights at build time (packed copies; the embedding tables are
 borrowed): rebuild it after training. The PyTorch model stays the oracle and the fallback: where the
