@@ -52,7 +52,7 @@ class PackedLinear {
   size_t bytes() const;
 
   // y[0:m, columns of panels [p0, p1)] = act(x @ W^T + b); x rows ldx floats apart, y rows ldy apart.
-  // `scratch` (dequant_scratch_floats(k) floats, may be null for fp32) lets bf16/int8 weights that serve
+  // `scratch` (dequant_scratch_floats(k) floats, may be null for fp32 / int8) lets bf16 weights that serve
   // several row tiles be widened once into fp32 instead of once per tile. Runs on the calling thread.
   void run(const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, Act act, int64_t p0, int64_t p1,
            float* scratch) const;
