@@ -55,13 +55,16 @@ class TextTokenizer:
         texts = texts if validated else self.validate(texts)
         if prompt:
             texts = [prompt + t for t in texts]
-        encs = self.tok.encode_batch(texts)
+        # One query (the online path) skips the batch call's thread-pool hand-off; batches skip the character
+        # offsets nothing here reads. Measured on one query right after a forward (caches cold, as served):
+        # encode_batch 90 us, encode_batch_fast 84, encode 79.
+        encs = [self.tok.encode(texts[0])] if len(texts) == 1 else self.tok.encode_batch_fast(texts)
         out = []
         for i, e in enumerate(encs):
             if self.truncation == "raise" and e.overflowing:
                 n = len(e.ids) + sum(len(o.ids) for o in e.overflowing)
                 raise ValueError(f"input {i} is too long: ~{n} tokens > max_length={self.max_length}")
-            ids = list(e.ids)
+            ids = e.ids  # a new list per access
             if self.eos is not None and (not ids or ids[-1] != self.eos):
                 ids.append(self.eos)
             out.append(ids)
