@@ -107,8 +107,8 @@ HLM_AVX2 void tile(const int16_t* q, int64_t ldq, const float* rs, const W* w, i
       b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32 * t));
       b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32 * t + 16));
     } else {
-      b0 = widen8(reinterpret_cast<const int8_t*>(w) + 32 * t);
-      b1 = widen8(reinterpret_cast<const int8_t*>(w) + 32 * t + 16);
+      b0 = widen8(w + 32 * t);
+      b1 = widen8(w + 32 * t + 16);
     }
     _Pragma("GCC unroll 8") for (int i = 0; i < R; ++i) {
       const __m256i a = bcast_pair(q + i * ldq + 2 * t);
@@ -141,7 +141,7 @@ template <typename W>
 using TileFn = void (*)(const int16_t*, int64_t, const float*, const W*, int64_t, int32_t*, bool, bool, float*,
                         int64_t, const float*, const float*, int, Act);
 template <typename W>
-constexpr TileFn<W> kTiles[kTileRows + 1] = {nullptr,        tile<1, W>, tile<2, W>, tile<3, W>,
+constexpr TileFn<W> kTiles[kTileRows + 1] = {nullptr,    tile<1, W>, tile<2, W>, tile<3, W>,
                                              tile<4, W>, tile<5, W>, tile<6, W>};
 
 // One block of quantised rows over panels [p0, p1). More than kInRegisterRows rows: each panel chunk is widened

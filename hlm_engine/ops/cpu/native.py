@@ -19,7 +19,7 @@ Why int8 keeps (nearly) exact activations: on MiniLM over 400 dev queries, int8 
 AVX2's saturating u8 x s8 products force without VNNI: 0.9855; ONNX Runtime's per-tensor dynamic
 quantisation: 0.917). So int8 weights run on integer multiply-adds over activations quantised per row to int16
 (a K-dependent range that cannot overflow int32 sums, 12-15 bits: cos ~1 - 2e-7 vs fp32 activations) at every
-row count: ~1.5x the fp32 FMA rate on many rows, ~1.8x the old fp32-FMA-on-widened-weights path at a query's
+row count: ~1.5x the fp32 FMA rate on many rows, ~1.8x fp32 FMAs on int8 weights widened in registers at a query's
 ~7 rows (csrc/int8_gemm.h). Rows are quantised one by one and integer sums are exact, so a text's int8
 embedding is the same bits at batch 1 and inside any batch.
 
