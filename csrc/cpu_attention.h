@@ -4,8 +4,11 @@
 // and v to [B, H, L, D], builds a mask and runs batched matmuls + softmax: the attention math is ~1% of
 // the forward's FLOPs, but that padding and op overhead took ~25% of a batch-36 forward on one core.
 // Here every (sequence, head) is computed in place from the packed rows (strided views of the fused QKV
-// output): K is transposed once per (sequence, kv head) into a small L1-resident tile so the scores of 8
-// keys come from one FMA per head-dim element, then a max-subtracted softmax (vector exp) and P @ V.
+// output): K is transposed once per (sequence, kv head) into a small L1-resident tile (8 x 8 register
+// transposes) so the scores of 8 keys come from one FMA per head-dim element, for up to 8 query rows at once
+// (a short query's rows in one block: 8 independent FMA chains, not one latency-bound chain per row), then a
+// max-subtracted softmax (vector exp, vector masks) and P @ V two rows at a time. On 64 queries of 4-11
+// tokens (MiniLM's 12 x 32 heads, one core) that took a call from 0.74-0.90 ms to 0.28-0.42 ms.
 // Exact softmax (not online): a whole row of scores fits in a few KB even for 8k-token documents.
 //
 // Torch-free; the bindings take raw pointers (hlm_engine/ops/cpu/attention.py validates the tensors).

@@ -6,6 +6,7 @@
 // version). Every kernel releases the GIL: two engine workers compute in parallel. Invalid arguments raise
 // ValueError naming the problem.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
@@ -80,6 +81,22 @@ PYBIND11_MODULE(_cpu_kernels, m) {
           },
           "y[0:m, columns of panels [p0, p1)] = act(x @ W^T + b) on the calling thread.", py::arg("x"), py::arg("m"),
           py::arg("ldx"), py::arg("y"), py::arg("ldy"), py::arg("gelu"), py::arg("p0"), py::arg("p1"),
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "run_packed_in_parts",
+          [](const hlm::PackedLinear& self, uintptr_t x, int64_t m, int64_t ldx, uintptr_t y, int64_t ldy,
+             const std::vector<int64_t>& cuts) {
+            // As the native forward's threads do: x packed into strips one row range at a time (ranges may cut
+            // a strip), then all panels run on the strips. fp32 / bf16 weights.
+            std::vector<float> strips(static_cast<size_t>(m * self.k()));
+            for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+              hlm::pack_rows(ptr<const float>(x), m, self.k(), ldx, strips.data(), cuts[i], cuts[i + 1]);
+            }
+            std::vector<float> scratch(hlm::dequant_scratch_floats(self.k()));
+            self.run_packed(strips.data(), m, ptr<float>(y), ldy, hlm::Act::kNone, 0, self.panels(), scratch.data());
+          },
+          "y = x @ W^T + b through pack_rows over the row ranges [cuts[i], cuts[i + 1]) and run_packed.",
+          py::arg("x"), py::arg("m"), py::arg("ldx"), py::arg("y"), py::arg("ldy"), py::arg("cuts"),
           py::call_guard<py::gil_scoped_release>());
 
   // ---------------------------------------------------------------- packed attention

@@ -24,15 +24,18 @@ constexpr int64_t kPrefetchBytes = 16384;  // ~250 fp32 k-steps ahead: past DRAM
 constexpr int64_t kWidenRows = 3 * kMaxRows;  // compressed weights serving more rows are widened once
 constexpr int64_t kChunk = 128;            // K steps per chunk when several row tiles share a panel (8 KB fp32)
 // Many rows (a corpus or teacher batch: 64 texts x ~20 tokens): x is first packed into row strips (below) and
-// swept in blocks of kPackBlock rows x kPackK steps (~150 KB: stays in L2) while each 16-column weight chunk
-// (kPackK x 16 fp32 = 16 KB) stays in L1 across every strip of the block. Unpacked, each 6-row tile
+// swept in blocks of kPackBlock rows x at most kPackK steps (~220 KB: stays in L2) while each 16-column weight
+// chunk (<= kPackK x 16 fp32 = 24 KB) stays in L1 across every strip of the block. Unpacked, each 6-row tile
 // broadcasts from 6 rows ldx apart that L2 re-serves for every panel; packed, it reads one sequential
 // stream (the BLIS layout). Measured on Zen 3, one core, M = 1224, MPNet's K = 768 / 3072, interleaved runs:
 // +2-3% over 64-row blocks (59-60 -> 61-62 GFLOP/s on a day MKL's sgemm did 62-66): small, the kernel was
 // already near the FMA roof; the gain is steadier speed at large M.
 constexpr int64_t kPackRows = 96;  // from this many rows (measured)
 constexpr int64_t kPackBlock = 144;
-constexpr int64_t kPackK = 256;
+// K is cut into equal chunks of at most kPackK steps, so K = 384 (MiniLM's QKV, output, FFN-in) is one chunk:
+// with 256-step chunks the 128-step remainder stored and re-read every partial sum, and M = 424 x N = 1536 ran
+// at 63-67 GFLOP/s against 85-89 for one chunk (best of 40, Zen 3, one core).
+constexpr int64_t kPackK = 384;
 // bf16 rows of 16: the column at each storage position (see packed_gemm.h).
 constexpr int kBf16Order[kPanel] = {0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15};
 
@@ -272,6 +275,12 @@ void run_panels(const Job& j, int64_t p0, int64_t p1, float* scratch) {
 #endif
 }
 
+// The packed path's K chunk: K split into equal parts of at most kPackK steps.
+inline int64_t pack_chunk(int64_t k) {
+  const int64_t parts = (k + kPackK - 1) / kPackK;
+  return parts > 0 ? (k + parts - 1) / parts : 1;
+}
+
 // run_panels on x packed into strips (j.x = the strips; j.ldx unused): blocks of >= kPackBlock rows, K in
 // chunks of kPackK; each weight chunk (compressed ones widened to fp32 once) is swept by every strip of the block.
 template <typename T>
@@ -286,8 +295,9 @@ void run_packed_panels(const Job& j, int64_t p0, int64_t p1, float* scratch) {
       brows += h;
       l -= h;
     }
-    for (int64_t k0 = 0; k0 < j.k; k0 += kPackK) {
-      const int64_t kc = std::min(kPackK, j.k - k0);
+    const int64_t step = pack_chunk(j.k);
+    for (int64_t k0 = 0; k0 < j.k; k0 += step) {
+      const int64_t kc = std::min(step, j.k - k0);
       const bool first = k0 == 0, last = k0 + kc == j.k;
       for (int64_t p = p0; p < p1; ++p) {
         const int ncols = static_cast<int>(std::min(kPanel, j.n - p * kPanel));
@@ -477,14 +487,54 @@ void PackedLinear::run_quantized(const int16_t* q, const float* row_scale, int64
 
 int64_t dequant_scratch_floats(int64_t k) { return std::min(k, std::max(kChunk, kPackK)) * kPanel; }
 
+namespace {
+
+// One whole 6-row strip (nearly all of a big batch), 4 k steps at a time: rows 0-3 transposed as a 4 x 4 block,
+// rows 4-5 interleaved, every store sequential. SSE only (the x86-64 baseline). The scalar row-by-row copy
+// wrote 6 floats apart and ran at ~1.5 floats per ns: 5-7% of a K = 1536 GEMM's time at M = 424.
+void pack_strip6(const float* x, int64_t ldx, int64_t k, float* dst) {
+  int64_t kk = 0;
+#ifdef HLM_X86
+  const float *s0 = x, *s1 = x + ldx, *s2 = x + 2 * ldx, *s3 = x + 3 * ldx, *s4 = x + 4 * ldx, *s5 = x + 5 * ldx;
+  for (; kk + 4 <= k; kk += 4) {
+    __m128 a0 = _mm_loadu_ps(s0 + kk), a1 = _mm_loadu_ps(s1 + kk), a2 = _mm_loadu_ps(s2 + kk),
+           a3 = _mm_loadu_ps(s3 + kk);
+    _MM_TRANSPOSE4_PS(a0, a1, a2, a3);  // a_j: rows 0-3 at step kk + j
+    const __m128 b4 = _mm_loadu_ps(s4 + kk), b5 = _mm_loadu_ps(s5 + kk);
+    const __m128 lo = _mm_unpacklo_ps(b4, b5), hi = _mm_unpackhi_ps(b4, b5);  // rows 4-5 at steps kk..kk+1, +2..+3
+    float* d = dst + kk * kMaxRows;
+    _mm_storeu_ps(d, a0);
+    _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), lo);
+    _mm_storeu_ps(d + 6, a1);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(d + 10), lo);
+    _mm_storeu_ps(d + 12, a2);
+    _mm_storel_pi(reinterpret_cast<__m64*>(d + 16), hi);
+    _mm_storeu_ps(d + 18, a3);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(d + 22), hi);
+  }
+#endif
+  for (; kk < k; ++kk) {
+    for (int i = 0; i < kMaxRows; ++i) dst[kk * kMaxRows + i] = x[i * ldx + kk];
+  }
+}
+
+}  // namespace
+
 void pack_rows(const float* x, int64_t m, int64_t k, int64_t ldx, float* strips, int64_t r0, int64_t r1) {
-  for (int64_t row = std::max<int64_t>(r0, 0); row < std::min(r1, m); ++row) {
+  r1 = std::min(r1, m);
+  for (int64_t row = std::max<int64_t>(r0, 0); row < r1;) {
     int64_t start;
     int h;
     strip_of(m, row, start, h);
-    const float* src = x + row * ldx;
-    float* dst = strips + start * k + (row - start);
-    for (int64_t kk = 0; kk < k; ++kk) dst[kk * h] = src[kk];
+    const int64_t end = std::min<int64_t>(start + h, r1);  // rows [row, end) of strip [start, start + h)
+    if (h == kMaxRows && row == start && end == start + h) {
+      pack_strip6(x + row * ldx, ldx, k, strips + start * k);
+    } else {
+      for (int64_t kk = 0; kk < k; ++kk) {
+        for (int64_t i = row; i < end; ++i) strips[start * k + kk * h + (i - start)] = x[i * ldx + kk];
+      }
+    }
+    row = end;
   }
 }
 

@@ -1,7 +1,7 @@
 """Many-row GEMMs on packed activations (csrc/packed_gemm.h `pack_rows` / `run_packed`): from kPackRows (96)
 rows the fp32 and bf16 kernels read x packed into 6-row strips, swept in row blocks and K chunks. Against
 float64 x @ W^T (bf16: the bf16-rounded weights) at rows around the threshold and far above it, K below,
-at and past one 256-step chunk (odd too), N with a partial last panel, GELU, no bias, strided x / y, panel
+in one chunk and in several equal chunks of <= 384 steps (odd too), N with a partial last panel, GELU, no bias, strided x / y, panel
 ranges; and the native forward's split of a big batch's texts over its threads equals one thread."""
 import numpy as np
 import pytest
@@ -80,3 +80,19 @@ def test_same_result_as_row_blocks_below_the_threshold():
     parts = np.concatenate([_run(lin, np.ascontiguousarray(x[r:r + 64]), np.empty((min(64, m - r), n), np.float32))
                             for r in range(0, m, 64)])
     np.testing.assert_allclose(whole, parts, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16"])
+@pytest.mark.parametrize("cuts", [[0, 250], [0, 1, 7, 100, 250], [0, 5, 6, 11, 13, 186, 187, 250], [0, 250, 250]])
+def test_rows_packed_in_ranges(fmt, cuts):
+    """pack_rows over row ranges that cut strips anywhere (the native forward's threads each pack a range;
+    whole 6-row strips take the transposing copy, cut ones the scalar one) gives the rows packed at once."""
+    n, k, m = 70, 389, 250  # K: one chunk past 384 -> two chunks, K % 4 = 1 leaves a scalar tail
+    lin, w, b = _case(n, k, fmt, seed=11)
+    xs = np.random.default_rng(4).standard_normal((m, k + 3)).astype(np.float32)
+    x = xs[:, :k]  # rows k + 3 floats apart
+    y = np.full((m, n), np.nan, np.float32)
+    lin.run_packed_in_parts(x.ctypes.data, m, xs.shape[1], y.ctypes.data, n, cuts)
+    np.testing.assert_allclose(y, _ref(x, w, b, False), rtol=1e-4, atol=1e-4)
+    whole = _run(lin, x, np.empty((m, n), np.float32))
+    np.testing.assert_array_equal(y, whole)  # same strips, same sums: the same bits as run()
