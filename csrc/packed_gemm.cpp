@@ -282,7 +282,7 @@ inline int64_t pack_chunk(int64_t k) {
 }
 
 // run_panels on x packed into strips (j.x = the strips; j.ldx unused): blocks of >= kPackBlock rows, K in
-// chunks of kPackK; each weight chunk (compressed ones widened to fp32 once) is swept by every strip of the block.
+// pack_chunk steps; each weight chunk (compressed ones widened to fp32 once) is swept by every strip of the block.
 template <typename T>
 void run_packed_panels(const Job& j, int64_t p0, int64_t p1, float* scratch) {
 #ifdef HLM_X86
