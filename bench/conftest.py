@@ -12,6 +12,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import platform  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -46,7 +47,7 @@ def _machine_info() -> dict:
     import torch
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()], "time": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def _write_result(name: str, obj: dict) -> str:

@@ -41,6 +41,7 @@ import torch
 from hlm_engine import Encoder
 from hlm_engine.hub import resolve
 from hlm_engine.ops.cpu import native
+from hlm_engine.report.tables import onnx_peer_table
 from hlm_engine.retrieval.corpus import load_embeddings
 from hlm_engine.retrieval.data import load_homedepot
 from hlm_engine.retrieval.eval import compute_metrics
@@ -241,38 +242,32 @@ def test_onnx_peer(benchmark, threads, base, natives, peers, dev, machine_info, 
     _result["peers"] = peers.versions
     path = _write(write_result, machine_info)
     with capsys.disabled():
-        print("\n" + table(row) + f"\n-> {path}")
+        print("\n" + onnx_peer_table(row) + f"\n-> {path}")
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _write(write_result, machine_info) -> str:
     """This run's rows and recalls over the published file's: a recall-only run (-k recall) keeps the timings."""
     old = os.path.join(HERE, "results", "onnx_peer.json")
     merged = {"rows": {}, "recall": {}}
+    prev = {}
     if os.path.exists(old):
         with open(old) as f:
             prev = json.load(f)
         merged = {k: dict(prev.get(k) or {}) for k in merged}
     for k in merged:
         merged[k].update(_result[k])
-    return write_result("onnx_peer", {"model": MODEL, "machine": machine_info(), "targets": TARGETS, **merged})
-
-
-def table(row: dict) -> str:
-    """One thread count's systems as a markdown table."""
-    lines = [f"threads {row['threads']}, stream {row['stream_gbps']:.1f} GB/s, {row['queries']} dev queries "
-             f"({row['mean_tokens_per_query']:.1f} tokens), fp32 vs reference min cos "
-             f"{row['fp32_min_cos_vs_reference']:.7f}; tokenization p50 {row['tokenize_p50_ms'] * 1e3:.0f} us "
-             f"({row['tokenize_p50_ms'] / row['systems']['fp32']['p50_ms']:.1%} of fp32's p50)",
-             "| system | b1 p50 ms | b1 p99 ms | q/s b64 | p50 / ORT fp32 | MB/query | GB/s at p50 (of stream) | "
-             "min cos vs fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    ort = row["systems"]["ort_fp32"]["p50_ms"]
-    for s, v in row["systems"].items():
-        mb = f"{v['weight_bytes_per_query'] / 1e6:.1f}" if "weight_bytes_per_query" in v else "–"
-        gbs = (f"{v['weight_gbps_at_p50']:.1f} ({v['fraction_of_stream']:.0%})" if "weight_gbps_at_p50" in v else "–")
-        lines.append(f"| {s} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['qps']:.0f} | {v['p50_ms'] / ort:.2f} | "
-                     f"{mb} | {gbs} | {v['min_cos_vs_fp32']:.5f} |")
-    lines.append("targets: " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in row["meets_targets"].items()))
-    return "\n".join(lines)
+    machine = {**machine_info(), "commit": _commit()}
+    peers = _result.get("peers") or prev.get("peers")  # hlm report stamps the section with them
+    return write_result("onnx_peer", {"model": MODEL, "machine": machine, "targets": TARGETS, "peers": peers,
+                                      **merged})
 
 
 def _catalogue(model: str, dev) -> np.ndarray:

@@ -3,12 +3,15 @@ results section (rewritten between `<!-- report:begin -->` and `<!-- report:end 
 
 Every section reads one results file as its benchmark wrote it (a missing file becomes "not measured yet"
 with the command that measures it), is stamped with the machine, thread count and versions that file
-records, and names the command that regenerates it. Plots: the study's quality-vs-latency Pareto and
+records (the time the run recorded, else the date git committed the file, else its mtime), and names the
+command that regenerates it; a file's "note" (a person's reading of that run, e.g. ranges over several runs
+and why a target is missed) is printed under its section, and a rerun of the benchmark drops it. Plots: the study's quality-vs-latency Pareto and
 recovery per phase, latency vs offered load (served_load.json), roofline bounds (roofline.json).
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -58,8 +61,8 @@ def stamp(m: dict | None, threads=None, when: str | None = None) -> str:
     load = m.get("loadavg_1_5_15") or ([m["load_avg_1min"]] if "load_avg_1min" in m else None)
     if load:
         parts.append("load " + "/".join(str(x) for x in load))
-    if when or m.get("time"):
-        parts.append(str(when or m.get("time")))
+    if m.get("time") or when:  # the time the run recorded, else when its file was written
+        parts.append(str(m.get("time") or when))
     return "; ".join(parts)
 
 
@@ -69,6 +72,19 @@ def _shown(path: str) -> str:
 
 
 def _mtime(path: str) -> str:
+    """When a results file was written: its last commit's date while git holds it unchanged (a checkout resets
+    the file's mtime, not the day it was measured), else the file's mtime (a fresh run, or no git)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", name], cwd=folder, capture_output=True,
+                               text=True, timeout=10)
+        if dirty.returncode == 0 and not dirty.stdout.strip():
+            date = subprocess.run(["git", "log", "-1", "--format=%cd", "--date=format:%Y-%m-%d %H:%M", "--", name],
+                                  cwd=folder, capture_output=True, text=True, timeout=10).stdout.strip()
+            if date:
+                return date
+    except (OSError, subprocess.SubprocessError):
+        pass
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path)))
 
 
@@ -181,6 +197,24 @@ def _cpu_gemm(d: dict, ctx: Context) -> str:
             "are memory-bound: read the weight GB/s against the DRAM stream.\n\n" + tables.cpu_gemm_table(d))
 
 
+def _onnx_peer(d: dict, ctx: Context) -> str:
+    peers = d.get("peers") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(peers.items())) or "peer versions n/r"
+    rows = sorted(d["rows"].values(), key=lambda r: r["threads"])
+    out = [f"{d.get('model', 'minilm')} on the Home Depot dev queries, tokenization included on both sides; ours is "
+           "one C++ call per forward over weights packed once (fp32 | bf16 | int8 per output channel; int8 on "
+           "integer multiply-adds over int16-quantised activations, so a query's int8 embedding is the same bits "
+           f"alone or in a batch); the peers ({versions}) run in their own venv and process on one ONNX export, "
+           "with length-sorted batches. \"GB/s at p50\" is the weight bytes one query streams over its p50, "
+           "against the DRAM read stream at that thread count."]
+    out += [tables.onnx_peer_table(r) for r in rows]
+    if d.get("recall"):
+        out.append("Recall@100 with compressed query encoders, every dev query over the whole catalogue indexed "
+                   "in fp32 (`-k recall`; other students: `HLM_BENCH_STUDENTS=... HLM_BENCH_CORPUS=...`):\n\n"
+                   + tables.onnx_peer_recall(d["recall"]))
+    return "\n\n".join(out)
+
+
 def _scheduler(d: dict, ctx: Context) -> str:
     return tables.scheduler_table(d)
 
@@ -218,6 +252,9 @@ SECTIONS = [
             DATA + ".venv/bin/python -m pytest bench/test_encoder.py --benchmark-only -s", _encoder),
     Section("cpu_gemm", "cpu_gemm.json", "CPU GEMMs of query encoding (the batch-1 lever)",
             ".venv/bin/python -m pytest bench/test_cpu_gemm.py --benchmark-only -s", _cpu_gemm),
+    Section("onnx_peer", "onnx_peer.json", "Online query latency vs ONNX Runtime / OpenVINO (native forward, "
+            "compressed weights)", "bash bench/peers/setup_onnx.sh && " + DATA + ".venv/bin/python -m pytest "
+            "bench/test_onnx_peer.py --benchmark-only -s", _onnx_peer),
     Section("scheduler", "scheduler_overhead.json", "Dynamic batching: scheduler overhead",
             ".venv/bin/python -m pytest bench/test_scheduler_overhead.py --benchmark-only -s", _scheduler),
     Section("served", "served_load.json", "Dynamic batching: served load",
@@ -239,6 +276,8 @@ def _section_stamp(key: str, d: dict, path: str) -> str:
     if key == "roofline":
         return f"analytic (no machine); written {_mtime(path)}"
     threads = {"encoder": "/".join(str(r.get("threads")) for r in d.get("rows", {}).values()),
+               "onnx_peer": "/".join(str(r.get("threads")) for r in sorted(d.get("rows", {}).values(),
+                                                                          key=lambda r: r.get("threads", 0))),
                "cpu_gemm": "/".join(str(r.get("threads")) for r in d.get("runs", {}).values())
                if key == "cpu_gemm" else None,
                "served": "/".join(str(r["threads"]) for r in tables.served_runs(d)) if key == "served" else None,
@@ -260,6 +299,8 @@ def render_sections(results_dir: str, ctx: Context) -> str:
         command = d.get("command") if isinstance(d.get("command"), str) else sec.command
         try:
             body = f"`{command}`  \n_Measured on: {_section_stamp(sec.key, d, path)}._\n\n" + sec.body(d, ctx).strip()
+            if isinstance(d.get("note"), str):  # a person's reading of this run, kept in its file (a rerun drops it)
+                body += "\n\n" + d["note"].strip()
         except (KeyError, TypeError, IndexError) as e:  # one stale or reshaped file must not sink the report
             body = (f"`{sec.file}` has a layout this report does not know ({type(e).__name__}: {e}); rerun "
                     f"`{command}`.")

@@ -273,3 +273,49 @@ def roofline_table(rf: dict) -> str:
     return (f"bf16, per forward, sum over ops of max(FLOPs / peak, bytes / HBM bandwidth) ({peaks}); kernel "
             f"launches cost ~{rf.get('launch_us', 3)} µs each without CUDA graphs (a separate floor).\n\n"
             + "\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------------ onnx peer
+ONNX_SYSTEMS = ("fp32", "bf16", "int8", "ort_fp32", "ort_int8", "ov_fp32")
+ONNX_TARGETS = ("fp32_p50_0.75x_ort", "fp32_qps_1.3x_ort", "fp32_identical", "bf16_p50_0.5x_ort", "bf16_cos",
+                "int8_faster_than_ort_int8_b1", "int8_faster_than_ort_int8_b64", "int8_cos")
+
+
+def _ordered(keys, first) -> list:
+    return [k for k in first if k in keys] + sorted(k for k in keys if k not in first)
+
+
+def onnx_peer_table(row: dict) -> str:
+    """bench/test_onnx_peer.py, one thread count: each system's batch-1 p50 / p99, batch-64 queries/s, p50 against
+    ORT fp32's, the weight bytes one query streams and their GB/s at p50 (share of the DRAM stream), min cos vs
+    our fp32; then the issue's targets as the run judged them."""
+    lines = [f"threads {row['threads']}, stream {row['stream_gbps']:.1f} GB/s, {row['queries']} dev queries "
+             f"({row['mean_tokens_per_query']:.1f} tokens), fp32 vs reference min cos "
+             f"{row['fp32_min_cos_vs_reference']:.7f}; tokenization p50 {row['tokenize_p50_ms'] * 1e3:.0f} us "
+             f"({row['tokenize_p50_ms'] / row['systems']['fp32']['p50_ms']:.1%} of fp32's p50)",
+             "| system | b1 p50 ms | b1 p99 ms | q/s b64 | p50 / ORT fp32 | MB/query | GB/s at p50 (of stream) | "
+             "min cos vs fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    systems = row["systems"]
+    ort = systems["ort_fp32"]["p50_ms"]
+    for s in _ordered(systems, ONNX_SYSTEMS):
+        v = systems[s]
+        mb = f"{v['weight_bytes_per_query'] / 1e6:.1f}" if "weight_bytes_per_query" in v else "–"
+        gbs = f"{v['weight_gbps_at_p50']:.1f} ({v['fraction_of_stream']:.0%})" if "weight_gbps_at_p50" in v else "–"
+        lines.append(f"| {s} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['qps']:.0f} | {v['p50_ms'] / ort:.2f} | "
+                     f"{mb} | {gbs} | {v['min_cos_vs_fp32']:.5f} |")
+    targets = row["meets_targets"]
+    lines.append("targets: " + ", ".join(f"{k} {'met' if targets[k] else 'MISSED'}"
+                                         for k in _ordered(targets, ONNX_TARGETS)))
+    return "\n".join(lines)
+
+
+def onnx_peer_recall(recall: dict) -> str:
+    """Recall@100 with bf16 / int8 query encoders against fp32 queries, every dev query over the fp32-indexed
+    full catalogue, per student (its index: the teacher's for a projected student, else its own)."""
+    lines = ["| student | index | products | queries | fp32 R@100 | bf16 R@100 (of fp32) | int8 R@100 (of fp32) | "
+             "int8 >= 99.5% |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for student, r in recall.items():
+        lines.append(f"| {student} | {r['index']} | {r['products']:,} | {r['fp32']['queries']:.0f} | "
+                     f"{r['fp32']['R@100']:.4f} | {r['bf16']['R@100']:.4f} ({r['bf16_recall100_ratio']:.2%}) | "
+                     f"{r['int8']['R@100']:.4f} ({r['int8_recall100_ratio']:.2%}) | {met(r['meets_target'])} |")
+    return "\n".join(lines)
