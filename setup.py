@@ -32,8 +32,8 @@ if os.environ.get("HLM_BUILD_EXT", "1") != "0":
     # (target attributes, csrc/avx2_math.h) and only called where the running CPU has them.
     ext_modules = [ext("_scheduler", ["scheduler.cpp", "scheduler_bindings.cpp"]),
                    ext("_cpu_kernels", ["packed_gemm.cpp", "int8_gemm.cpp", "small_gemm.cpp", "cpu_attention.cpp",
-                                        "cpu_layernorm.cpp", "thread_pool.cpp", "native_encoder.cpp", "native_forward.cpp",
-                                        "cpu_kernels_bindings.cpp", "native_bindings.cpp"])]
+                                        "cpu_layernorm.cpp", "thread_pool.cpp", "weight_heap.cpp", "native_encoder.cpp",
+                                        "native_forward.cpp", "cpu_kernels_bindings.cpp", "native_bindings.cpp"])]
     cmdclass = {"build_ext": build_ext}
 
 setup(packages=packages, package_dir=package_dir,

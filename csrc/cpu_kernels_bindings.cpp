@@ -16,6 +16,7 @@
 #include "cpu_layernorm.h"
 #include "packed_gemm.h"
 #include "small_gemm.h"
+#include "weight_heap.h"
 
 namespace py = pybind11;
 
@@ -38,6 +39,8 @@ T* ptr_or_null(uintptr_t addr) {
 PYBIND11_MODULE(_cpu_kernels, m) {
   m.doc() = "hlm-engine fp32 CPU inference kernels (csrc/small_gemm.h, cpu_attention.h, cpu_layernorm.h)";
   m.attr("PANEL") = hlm::kPanel;
+  m.def("weight_heap_bytes", &hlm::weight_heap_chunk_bytes,
+        "Bytes of packed weight blocks now on huge-page-advised chunks (weight_heap.h; 0 off Linux).");
   m.def("supported", &hlm::small_gemm_supported, "True when this CPU has AVX2 + FMA (all kernels need them).");
 
   // ---------------------------------------------------------------- small-M GEMM

@@ -13,6 +13,7 @@
 
 #include "avx2_math.h"
 #include "int8_gemm.h"
+#include "weight_heap.h"
 
 namespace hlm {
 
@@ -374,13 +375,10 @@ void run_job(const Job& j, WeightFormat fmt, int64_t p0, int64_t p1, float* scra
   }
 }
 
+// Zeroed, 64-byte aligned; large panels on huge pages (weight_heap.h).
 template <typename T>
 T* aligned_alloc_n(size_t count) {
-  const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, bytes > 0 ? bytes : 64);
-  if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, bytes > 0 ? bytes : 64);
-  return static_cast<T*>(p);
+  return static_cast<T*>(weight_alloc(count * sizeof(T)));
 }
 
 }  // namespace
@@ -408,7 +406,7 @@ uint16_t to_bf16(float x) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-void PackedLinear::Free::operator()(void* p) const { std::free(p); }
+void PackedLinear::Free::operator()(void* p) const { weight_free(p); }
 
 PackedLinear::PackedLinear(const float* w, int64_t n, int64_t k, const float* bias, WeightFormat fmt)
     : n_(n), k_(k), fmt_(fmt) {

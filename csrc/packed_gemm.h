@@ -78,7 +78,7 @@ class PackedLinear {
   };
   int64_t n_ = 0, k_ = 0;
   WeightFormat fmt_ = WeightFormat::kF32;
-  std::unique_ptr<uint8_t, Free> data_;   // panels, 64-byte aligned
+  std::unique_ptr<uint8_t, Free> data_;   // panels, 64-byte aligned, on huge pages where granted (weight_heap.h)
   std::unique_ptr<float, Free> scales_;   // int8: panels * 16 per-channel scales (padding 0)
   std::unique_ptr<float, Free> bias_;     // panels * 16, or null
 };
