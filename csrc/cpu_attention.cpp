@@ -54,7 +54,9 @@ HLM_AVX2 void score_rows(const float* q, int64_t q_st, int64_t d, const float* k
         acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(q + r * q_st + dd), kv, acc[r]);
       }
     }
-    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) _mm256_storeu_ps(s + r * lds + 8 * c, _mm256_mul_ps(acc[r], sc));
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
+      _mm256_storeu_ps(s + r * lds + 8 * c, _mm256_mul_ps(acc[r], sc));
+    }
   }
 }
 
@@ -103,7 +105,9 @@ HLM_AVX2 float softmax_row(float* s, const float* brow, int64_t n, int64_t padde
   }
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 mx = ninf;
-  for (int64_t j = 0; j < padded; j += 8) mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + j), visible(n - j)));
+  for (int64_t j = 0; j < padded; j += 8) {
+    mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + j), visible(n - j)));
+  }
   const __m256 m = _mm256_set1_ps(hmax(mx));
   __m256 sum = _mm256_setzero_ps();
   for (int64_t j = 0; j < padded; j += 8) {

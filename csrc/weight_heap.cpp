@@ -45,7 +45,8 @@ Chunk* map_chunk(size_t need) {
   if (raw == MAP_FAILED) throw std::bad_alloc();
   const uintptr_t start = reinterpret_cast<uintptr_t>(raw), base = round_up(start, kHuge);
   if (base > start) munmap(raw, base - start);
-  if (start + size + kHuge > base + size) munmap(reinterpret_cast<void*>(base + size), start + size + kHuge - base - size);
+  const uintptr_t end = start + size + kHuge;  // > base + size: base is less than one huge page past start
+  munmap(reinterpret_cast<void*>(base + size), end - base - size);
   madvise(reinterpret_cast<void*>(base), size, MADV_HUGEPAGE);  // advice only: refused -> 4 KB pages, same memory
   return new Chunk{reinterpret_cast<uint8_t*>(base), size, 0, 0};  // anonymous pages read as zero
 }

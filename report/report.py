@@ -5,8 +5,9 @@ Every section reads one results file as its benchmark wrote it (a missing file b
 with the command that measures it), is stamped with the machine, thread count and versions that file
 records (the time the run recorded, else the date git committed the file, else its mtime), and names the
 command that regenerates it; a file's "note" (a person's reading of that run, e.g. ranges over several runs
-and why a target is missed) is printed under its section, and a rerun of the benchmark drops it. Plots: the study's quality-vs-latency Pareto and
-recovery per phase, latency vs offered load (served_load.json), roofline bounds (roofline.json).
+and why a target is missed) is printed under its section, and a rerun of the benchmark drops it. Plots: the
+study's quality-vs-latency Pareto and recovery per phase, latency vs offered load (served_load.json), roofline
+bounds (roofline.json).
 """
 from __future__ import annotations
 
@@ -277,7 +278,8 @@ def _section_stamp(key: str, d: dict, path: str) -> str:
         return f"analytic (no machine); written {_mtime(path)}"
     threads = {"encoder": "/".join(str(r.get("threads")) for r in d.get("rows", {}).values()),
                "onnx_peer": "/".join(str(r.get("threads")) for r in sorted(d.get("rows", {}).values(),
-                                                                          key=lambda r: r.get("threads", 0))),
+                                                                          key=lambda r: r.get("threads", 0)))
+               if key == "onnx_peer" else None,
                "cpu_gemm": "/".join(str(r.get("threads")) for r in d.get("runs", {}).values())
                if key == "cpu_gemm" else None,
                "served": "/".join(str(r["threads"]) for r in tables.served_runs(d)) if key == "served" else None,
