@@ -211,7 +211,8 @@ def _onnx_peer(d: dict, ctx: Context) -> str:
     out += [tables.onnx_peer_table(r) for r in rows]
     if d.get("recall"):
         out.append("Recall@100 with compressed query encoders, every dev query over the whole catalogue indexed "
-                   "in fp32 (`-k recall`; other students: `HLM_BENCH_STUDENTS=... HLM_BENCH_CORPUS=...`):\n\n"
+                   "in fp32 (`-k recall`; the reproduced students: `HLM_BENCH_STUDENTS=runs/reproduce/student,"
+                   "runs/reproduce/student-pruned HLM_BENCH_CORPUS=runs/reproduce/corpus ... -k recall`):\n\n"
                    + tables.onnx_peer_recall(d["recall"]))
     return "\n\n".join(out)
 
