@@ -41,6 +41,7 @@ import torch
 from hlm_engine import Encoder
 from hlm_engine.hub import resolve
 from hlm_engine.ops.cpu import native
+from hlm_engine.report.machine import git_commit
 from hlm_engine.report.tables import onnx_peer_table
 from hlm_engine.retrieval.corpus import load_embeddings
 from hlm_engine.retrieval.data import load_homedepot
@@ -245,14 +246,6 @@ def test_onnx_peer(benchmark, threads, base, natives, peers, dev, machine_info, 
         print("\n" + onnx_peer_table(row) + f"\n-> {path}")
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _write(write_result, machine_info) -> str:
     """This run's rows and recalls over the published file's: a recall-only run (-k recall) keeps the timings."""
     old = os.path.join(HERE, "results", "onnx_peer.json")
@@ -264,7 +257,7 @@ def _write(write_result, machine_info) -> str:
         merged = {k: dict(prev.get(k) or {}) for k in merged}
     for k in merged:
         merged[k].update(_result[k])
-    machine = {**machine_info(), "commit": _commit()}
+    machine = {**machine_info(), "commit": git_commit(HERE)}
     peers = _result.get("peers") or prev.get("peers")  # hlm report stamps the section with them
     return write_result("onnx_peer", {"model": MODEL, "machine": machine, "targets": TARGETS, "peers": peers,
                                       **merged})

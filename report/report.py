@@ -72,7 +72,7 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def _mtime(path: str) -> str:
+def _written(path: str) -> str:
     """When a results file was written: its last commit's date while git holds it unchanged (a checkout resets
     the file's mtime, not the day it was measured), else the file's mtime (a fresh run, or no git)."""
     folder, name = os.path.split(os.path.abspath(path))
@@ -274,9 +274,9 @@ def _section_stamp(key: str, d: dict, path: str) -> str:
     if key == "study":
         return stamp(d.get("speed_stamp"))
     if key == "training":
-        return stamp(d.get("machine"), None, _mtime(path))
+        return stamp(d.get("machine"), None, _written(path))
     if key == "roofline":
-        return f"analytic (no machine); written {_mtime(path)}"
+        return f"analytic (no machine); written {_written(path)}"
     threads = {"encoder": "/".join(str(r.get("threads")) for r in d.get("rows", {}).values()),
                "onnx_peer": "/".join(str(r.get("threads")) for r in sorted(d.get("rows", {}).values(),
                                                                           key=lambda r: r.get("threads", 0)))
@@ -286,7 +286,7 @@ def _section_stamp(key: str, d: dict, path: str) -> str:
                "served": "/".join(str(r["threads"]) for r in tables.served_runs(d)) if key == "served" else None,
                "pruning": d.get("torch_threads"),
                "index": (d.get("machine") or {}).get("torch_threads")}.get(key)
-    return stamp(d.get("machine"), threads, _mtime(path))
+    return stamp(d.get("machine"), threads, _written(path))
 
 
 def render_sections(results_dir: str, ctx: Context) -> str:
