@@ -10,7 +10,9 @@ Measured, per thread count: batch-1 p50 / p99 over HLM_BENCH_LATENCY_QUERIES que
 of 25: ours, then the peers, every system in turn per query with a rotating order), batch-64 queries/s on all
 dev queries (median of HLM_BENCH_ROUNDS rounds, default 3, ours and the peers alternating), the bytes of
 weights one query streams per format, those bytes / p50 as GB/s against the DRAM read stream at the same
-thread count (a 170 MB torch.sum), cos of every system's embeddings vs our fp32 and of our fp32 vs the
+thread count (a 170 MB torch.sum), the batch-64 rates as GFLOP/s of the linear layers against this core's FMA
+roof at the same thread count (bench/kernels/madd_rate.c, one copy per core: batch 64 is compute-bound as
+batch 1 is memory-bound), cos of every system's embeddings vs our fp32 and of our fp32 vs the
 PyTorch reference forward, tokenization's own p50 (its share of a query); and, for int8 (and bf16) query
 encoders, Recall@100 on the dev split over the full catalogue against fp32 query vectors, the products
 indexed once in fp32 (the offline side): for every student in HLM_BENCH_STUDENTS (default "minilm"; a folder
@@ -77,6 +79,37 @@ def stream_gbps(reps: int = 5) -> float:
         a.sum()
         best = min(best, time.perf_counter() - t0)
     return a.numel() * 4 / best / 1e9
+
+
+def fma_peak_gflops(threads: int) -> float | None:
+    """fp32 FMA roof of `threads` cores, GFLOP/s: bench/kernels/madd_rate.c (register-only FMA chains), one copy
+    per core at once, summed. None where it cannot be built here (no C compiler, not x86 with AVX2 + FMA)."""
+    src = os.path.join(HERE, "kernels", "madd_rate.c")
+    with open(src, "rb") as f:
+        exe = os.path.join(CACHE, f"madd_rate-{hashlib.sha1(f.read()).hexdigest()[:12]}")
+    if not os.path.exists(exe):
+        os.makedirs(CACHE, exist_ok=True)
+        tmp = f"{exe}.{os.getpid()}.tmp"
+        try:
+            subprocess.run([os.environ.get("CC", "cc"), "-O2", "-mavx2", "-mfma", src, "-o", tmp], check=True,
+                           capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            print(f"[onnx_peer] no FMA roof: {src} did not build ({e})")
+            return None
+        os.replace(tmp, exe)
+    procs = [subprocess.Popen([exe, "fp32"], stdout=subprocess.PIPE, text=True) for _ in range(threads)]
+    try:
+        return sum(float(p.communicate(timeout=60)[0]) for p in procs)
+    except (ValueError, subprocess.TimeoutExpired, OSError) as e:
+        print(f"[onnx_peer] no FMA roof: {exe} failed ({e})")
+        return None
+
+
+def linear_flops_per_token(model: torch.nn.Module) -> int:
+    """FLOPs one token costs in the model's linear layers (2 per multiply-add; attention's few score FLOPs at
+    query lengths, pooling and a projection head per text are left out): what the batch-64 GFLOP/s count."""
+    return sum(2 * m.in_features * m.out_features for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name != "proj")
 
 
 def with_native(enc: Encoder, nat) -> Encoder:
@@ -164,6 +197,7 @@ def test_onnx_peer(benchmark, threads, base, natives, peers, dev, machine_info, 
     try:
         load_before = machine_info()["loadavg_1_5_15"]
         stream = stream_gbps()
+        roof = fma_peak_gflops(threads)
         for enc in ours.values():  # warm-up: first-call scratch, thread pool start, page-in of the weights
             enc.encode(queries[:BATCH], batch_size=BATCH)
         peers("throughput", threads=threads, systems=list(PEERS), queries=queries[:BATCH], batch=BATCH)
@@ -208,11 +242,16 @@ def test_onnx_peer(benchmark, threads, base, natives, peers, dev, machine_info, 
         for s, path in peers("embed", threads=threads, systems=list(PEERS), queries=queries, out=tmp).items():
             emb[s] = np.load(path)
     n = len(queries)
+    mean_tokens = float(np.mean([len(x) for x in base.tokenize(queries)]))
+    flops_per_query = linear_flops_per_token(base.model) * mean_tokens
     systems = {}
     for s in FORMATS + PEERS:
         cos = _cos(emb[s], emb["fp32"])
         systems[s] = {**_stats(lat[s]), "qps": float(n / np.median(rounds[s])), "round_s": rounds[s],
                       "min_cos_vs_fp32": float(cos.min()), "mean_cos_vs_fp32": float(cos.mean())}
+        systems[s]["gflops_b64"] = systems[s]["qps"] * flops_per_query / 1e9
+        if roof:
+            systems[s]["fraction_of_fma_peak"] = systems[s]["gflops_b64"] / roof
         if s in FORMATS:
             wb = natives[s].weight_bytes
             systems[s].update({"weight_bytes_per_query": wb, "weight_gbps_at_p50": wb / systems[s]["p50_ms"] / 1e6,
@@ -225,8 +264,9 @@ def test_onnx_peer(benchmark, threads, base, natives, peers, dev, machine_info, 
                "int8_qps_vs_ort_int8": systems["int8"]["qps"] / ort8["qps"]}
     t = TARGETS
     row = {"threads": threads, "queries": n, "latency_queries": len(lat_q), "batch_size": BATCH, "rounds": ROUNDS,
-           "stream_gbps": stream, "systems": systems, "ratios": ratios, "fp32_min_cos_vs_reference": fp32_cos,
-           "mean_tokens_per_query": float(np.mean([len(x) for x in base.tokenize(queries)])),
+           "stream_gbps": stream, "fma_peak_gflops": roof, "linear_flops_per_query": flops_per_query,
+           "systems": systems, "ratios": ratios, "fp32_min_cos_vs_reference": fp32_cos,
+           "mean_tokens_per_query": mean_tokens,
            "tokenize_p50_ms": float(np.percentile(lat["tokenize"], 50)),
            "noise": {"loadavg_before": load_before, "loadavg_after": load_after},
            "meets_targets": {

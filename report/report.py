@@ -207,7 +207,9 @@ def _onnx_peer(d: dict, ctx: Context) -> str:
            "integer multiply-adds over int16-quantised activations, so a query's int8 embedding is the same bits "
            f"alone or in a batch); the peers ({versions}) run in their own venv and process on one ONNX export, "
            "with length-sorted batches. \"GB/s at p50\" is the weight bytes one query streams over its p50, "
-           "against the DRAM read stream at that thread count."]
+           "against the DRAM read stream at that thread count; \"GFLOP/s b64\" is the batch-64 rate in the linear "
+           "layers' FLOPs, against the FMA roof of that many cores (bench/kernels/madd_rate.c; int8 runs on "
+           "integer multiply-adds, so it can pass the fp32 roof): batch 1 is memory-bound, batch 64 compute-bound."]
     out += [tables.onnx_peer_table(r) for r in rows]
     if d.get("recall"):
         out.append("Recall@100 with compressed query encoders, every dev query over the whole catalogue indexed "

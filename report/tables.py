@@ -286,23 +286,27 @@ def _ordered(keys, first) -> list:
 
 
 def onnx_peer_table(row: dict) -> str:
-    """bench/test_onnx_peer.py, one thread count: each system's batch-1 p50 / p99, batch-64 queries/s, p50 against
-    ORT fp32's, the weight bytes one query streams and their GB/s at p50 (share of the DRAM stream), min cos vs
-    our fp32; then the issue's targets as the run judged them."""
-    lines = [f"threads {row['threads']}, stream {row['stream_gbps']:.1f} GB/s, {row['queries']} dev queries "
+    """bench/test_onnx_peer.py, one thread count: each system's batch-1 p50 / p99, batch-64 queries/s and their
+    linear-layer GFLOP/s (share of the FMA roof, where the run measured it), p50 against ORT fp32's, the weight
+    bytes one query streams and their GB/s at p50 (share of the DRAM stream), min cos vs our fp32; then the
+    issue's targets as the run judged them."""
+    roof = f", FMA roof {row['fma_peak_gflops']:.0f} GFLOP/s" if row.get("fma_peak_gflops") else ""
+    lines = [f"threads {row['threads']}, stream {row['stream_gbps']:.1f} GB/s{roof}, {row['queries']} dev queries "
              f"({row['mean_tokens_per_query']:.1f} tokens), fp32 vs reference min cos "
              f"{row['fp32_min_cos_vs_reference']:.7f}; tokenization p50 {row['tokenize_p50_ms'] * 1e3:.0f} us "
              f"({row['tokenize_p50_ms'] / row['systems']['fp32']['p50_ms']:.1%} of fp32's p50)",
-             "| system | b1 p50 ms | b1 p99 ms | q/s b64 | p50 / ORT fp32 | MB/query | GB/s at p50 (of stream) | "
-             "min cos vs fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| system | b1 p50 ms | b1 p99 ms | q/s b64 | GFLOP/s b64 (of FMA roof) | p50 / ORT fp32 | MB/query | "
+             "GB/s at p50 (of stream) | min cos vs fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     systems = row["systems"]
     ort = systems["ort_fp32"]["p50_ms"]
     for s in _ordered(systems, ONNX_SYSTEMS):
         v = systems[s]
         mb = f"{v['weight_bytes_per_query'] / 1e6:.1f}" if "weight_bytes_per_query" in v else "–"
         gbs = f"{v['weight_gbps_at_p50']:.1f} ({v['fraction_of_stream']:.0%})" if "weight_gbps_at_p50" in v else "–"
-        lines.append(f"| {s} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['qps']:.0f} | {v['p50_ms'] / ort:.2f} | "
-                     f"{mb} | {gbs} | {v['min_cos_vs_fp32']:.5f} |")
+        gfs = f"{v['gflops_b64']:.1f}" if "gflops_b64" in v else "–"
+        gfs += f" ({v['fraction_of_fma_peak']:.0%})" if "fraction_of_fma_peak" in v else ""
+        lines.append(f"| {s} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['qps']:.0f} | {gfs} | "
+                     f"{v['p50_ms'] / ort:.2f} | {mb} | {gbs} | {v['min_cos_vs_fp32']:.5f} |")
     targets = row["meets_targets"]
     lines.append("targets: " + ", ".join(f"{k} {'met' if targets[k] else 'MISSED'}"
                                          for k in _ordered(targets, ONNX_TARGETS)))

@@ -48,11 +48,23 @@ def test_onnx_peer_section(tmp_path):
     assert "onnxruntime 1.31.1" in sec
     rows = [line.split("|")[1].strip() for line in sec.splitlines() if line.startswith("| ") and "system" not in line]
     assert rows[:6] == ["fp32", "bf16", "int8", "ort_fp32", "ort_int8", "ov_fp32"]
-    assert "| fp32 | 3.60 | 7.20 | 450 | 0.71 | 42.6 |" in sec
+    assert "| fp32 | 3.60 | 7.20 | 450 | – | 0.71 | 42.6 |" in sec  # a run before the FMA roof was measured
     assert "targets: fp32_p50_0.75x_ort met, fp32_qps_1.3x_ort MISSED, int8_cos met" in sec  # fixed order
     assert "| minilm | minilm | 54,667 | 958 | 0.7093 | 0.7093 (100.00%) | 0.7127 (100.48%) | **met** |" in sec
     assert sec.rstrip().endswith("Read me: the peer's own p50 moved.")
     assert tables.onnx_peer_table(d["rows"]["threads=1"]) in sec  # the bench prints the same table
+
+
+def test_batch64_rates_read_against_the_fma_roof(tmp_path):
+    row = _peer_file(tmp_path)["rows"]["threads=1"]
+    row["fma_peak_gflops"] = 100.0
+    for s, g in {"fp32": 63.0, "ort_fp32": 61.3, "int8": 84.0}.items():
+        row["systems"][s].update({"gflops_b64": g, "fraction_of_fma_peak": g / 100.0})
+    text = tables.onnx_peer_table(row)
+    assert "FMA roof 100 GFLOP/s" in text.splitlines()[0]
+    assert "| fp32 | 3.60 | 7.20 | 450 | 63.0 (63%) | 0.71 |" in text
+    assert "| int8 | 1.80 | 3.60 | 600 | 84.0 (84%) |" in text
+    assert "| ov_fp32 | 7.00 | 14.00 | 370 | – |" in text  # a system the run did not rate
 
 
 def test_a_layout_it_does_not_know_is_named_not_fatal(tmp_path):

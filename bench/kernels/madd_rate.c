@@ -4,6 +4,8 @@
 //   saturates vpmaddubsw's int16 pair sums and has no VNNI).
 // Why: it says how far an int8 kernel could go past ours by changing arithmetic, before any memory effect.
 //   gcc -O2 -mavx2 -mfma bench/kernels/madd_rate.c -o /tmp/madd_rate && /tmp/madd_rate
+// `madd_rate fp32` prints only the best of 3 fp32 runs as GFLOP/s (one number): bench/test_onnx_peer.py's FMA roof,
+// one copy per core it measures on.
 // Measured on the dev box (EPYC Zen 3, one core, 5 runs): fp32 45-50 G MAC/s (2 FMAs a cycle), int16 54-74,
 // u8 x s8 66-70: ORT's arithmetic buys at most ~1.2x ours here, at 7-bit operands.
 #include <immintrin.h>
@@ -66,7 +68,18 @@ __attribute__((noinline)) static float fma_rate(float seed) {
 __attribute__((noinline)) static int int16_rate(int seed) { INT_LOOP(MADD); }
 __attribute__((noinline)) static int u8s8_rate(int seed) { INT_LOOP(U8S8); }
 
-int main(void) {
+int main(int argc, char** argv) {
+  if (argc > 1 && argv[1][0] == 'f') {  // "fp32": the FMA roof alone, in GFLOP/s (2 per multiply-add)
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+      double t = now();
+      float f = fma_rate(0.5f + rep);
+      double r = 2 * 12.0 * 8 * N / (now() - t) / 1e9;
+      best = r > best && f == f ? r : best;  // (f == f: the sum is used, the loop is kept)
+    }
+    printf("%.2f\n", best);
+    return 0;
+  }
   for (int rep = 0; rep < 2; ++rep) {
     double t = now();
     float f = fma_rate(0.5f);
