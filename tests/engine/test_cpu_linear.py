@@ -35,9 +35,10 @@ def test_matches_f_linear(kernel, rows, activation):
 
 
 # Shapes that exercise the kernel's edges: N not a multiple of the 16-column panel (zero-padded last
-# panel), odd K (the 2-accumulator tiles' tail), tiny K, and the real MiniLM / Qwen3-0.6B projection shapes.
+# panel), odd K (the 2-accumulator tiles' tail), tiny K, and the real MiniLM / Qwen3-0.6B projection shapes;
+# 7 rows: fp32's one-pass 7-row tile.
 @pytest.mark.parametrize("n,k", [(1, 1), (17, 3), (33, 97), (384, 384), (1152, 384), (384, 1536), (3072, 1024)])
-@pytest.mark.parametrize("rows", [1, 5, 6, 11, 40])
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 11, 40])
 def test_kernel_shapes(kernel, n, k, rows):
     g = torch.Generator().manual_seed(n * 131 + k + rows)
     w, b = torch.randn(n, k, generator=g) / k ** 0.5, torch.randn(n, generator=g)
