@@ -17,7 +17,8 @@ def kernel(request):
     return request.param
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 13, 64, 65, 200, 300])  # 300: above both row limits
+# 71: 64 rows then a 7-row block; 300: past both row limits
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 13, 64, 65, 71, 200, 300])
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 def test_matches_f_linear(kernel, rows, activation):
     g = torch.Generator().manual_seed(rows)
