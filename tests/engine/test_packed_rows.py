@@ -1,8 +1,9 @@
 """Many-row GEMMs on packed activations (csrc/packed_gemm.h `pack_rows` / `run_packed`): from kPackRows (96)
 rows the fp32 and bf16 kernels read x packed into 6-row strips, swept in row blocks and K chunks. Against
 float64 x @ W^T (bf16: the bf16-rounded weights) at rows around the threshold and far above it, K below,
-in one chunk and in several equal chunks of <= 384 steps (odd too), N with a partial last panel, GELU, no bias, strided x / y, panel
-ranges; and the native forward's split of a big batch's texts over its threads equals one thread."""
+in one chunk and in several equal chunks of <= 384 steps (odd too), N with a partial last panel, GELU, no
+bias, strided x / y, panel ranges; and the native forward's split of a big batch's texts over its threads
+equals one thread."""
 import numpy as np
 import pytest
 import torch
